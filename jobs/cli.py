@@ -1,0 +1,191 @@
+"""The ``oscar`` command: parse, validate, call ``oscar_core``; one line per bad input.
+
+    oscar compress IN... -o OUT_DIR --rate R     -> OUT_DIR/<stem>.oscar
+    oscar decompress IN.oscar... -o OUT_DIR      -> OUT_DIR/<stem>.png
+    oscar info FILE                              -> JSON on stdout
+    oscar rates [--json]                         -> the rate ladder
+    oscar demo                                   -> the embedded default (see jobs/demo.py)
+
+Exit status: 0 when every input succeeded, 2 when any input was bad (the others are still
+processed; each failure is one line ``oscar: error: <input>: <reason>`` on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _error(subject: str, reason: str) -> None:
+    print(f"oscar: error: {subject}: {reason}", file=sys.stderr)
+
+
+def _load_codec(args: argparse.Namespace):
+    import torch
+
+    from oscar_core import Codec
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return Codec.from_pretrained(args.model, batch_size=getattr(args, "batch_size", 4))
+
+
+def _output_dir(path: str) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from oscar_core.images import to_rgb_array
+
+    codec = _load_codec(args)
+    rate = codec.ladder.resolve(args.rate)  # ValueError -> exit 2 in main
+    out_dir = _output_dir(args.output)
+    failed, names, arrays = 0, [], []
+    for name in args.inputs:
+        try:
+            with Image.open(name) as img:
+                img.load()
+                arrays.append(to_rgb_array(img))
+            names.append(name)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            _error(name, f"cannot read image: {exc}")
+            failed += 1
+    streams = codec.compress(arrays, rate.index) if arrays else []
+    for name, array, stream in zip(names, arrays, streams, strict=True):
+        target = out_dir / (Path(name).stem + ".oscar")
+        target.write_bytes(stream)
+        h, w = array.shape[:2]
+        print(f"{name} -> {target} ({len(stream)} bytes, {8 * len(stream) / (h * w):.4f} bpp)")
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from oscar_core import BitstreamError
+
+    codec = _load_codec(args)
+    out_dir = _output_dir(args.output)
+    failed, names, parsed = 0, [], []
+    for name in args.inputs:
+        try:
+            parsed.append(codec.parse(Path(name).read_bytes()))
+            names.append(name)
+        except (OSError, BitstreamError) as exc:
+            _error(name, f"cannot decode: {exc}")
+            failed += 1
+    images = codec.decode_parsed(parsed) if parsed else []
+    for name, image in zip(names, images, strict=True):
+        target = out_dir / (Path(name).stem + ".png")
+        Image.fromarray(image).save(target)
+        print(f"{name} -> {target} ({image.shape[1]}x{image.shape[0]})")
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from oscar_core import BitstreamError, bitstream
+
+    codec = _load_codec(args)
+    try:
+        data = Path(args.file).read_bytes()
+        header, payload = bitstream.unpack(data)
+    except (OSError, BitstreamError) as exc:
+        _error(args.file, f"cannot read bitstream: {exc}")
+        return EXIT_BAD_INPUT
+    on_ladder = header.rate_index < len(codec.ladder)
+    rate = codec.ladder[header.rate_index] if on_ladder else None
+    info = {
+        "file": args.file,
+        "format_version": header.version,
+        "bytes": len(data),
+        "payload_bytes": len(payload),
+        "width": header.width,
+        "height": header.height,
+        "latent_shape": [4, header.latent_h, header.latent_w],
+        "rate_index": header.rate_index,
+        "nominal_bpp": round(rate.nominal_bpp, 6) if rate else None,
+        "measured_bpp": round(8 * len(data) / (header.width * header.height), 6),
+        "pseudo_timestep": rate.t if rate else None,
+        "model_id": header.model_id.hex(),
+        "model_matches": header.model_id == codec.model_id,
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_rates(args: argparse.Namespace) -> int:
+    from oscar_core import OscarModel
+
+    ladder = OscarModel.config_from_pretrained(args.model).rate_ladder()
+    rows = [r.to_dict() for r in ladder]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'index':>5} {'bpp':>8} {'ss':>4} {'K':>6} {'t':>5}")
+    for r in rows:
+        print(f"{r['index']:>5} {r['nominal_bpp']:>8.5f} {r['ss']:>4} {r['K']:>6} {r['t']:>5}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.demo import run_demo
+
+    return run_demo(model=args.model, out=args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from oscar_core import DEFAULT_MODEL_DIR
+
+    parser = argparse.ArgumentParser(prog="oscar", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model directory")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("compress", cmd_compress, "compress images to .oscar bitstreams")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files (png, jpg, webp, ...)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--rate", required=True, help="ladder index (0..7) or nominal bpp (0.0313)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    p = add("decompress", cmd_decompress, "decode .oscar bitstreams to PNG")
+    p.add_argument("inputs", nargs="+", metavar="IN.oscar")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    p = add("info", cmd_info, "describe a bitstream as JSON")
+    p.add_argument("file", metavar="FILE")
+
+    p = add("rates", cmd_rates, "print the rate ladder")
+    p.add_argument("--json", action="store_true")
+
+    p = add("demo", cmd_demo, "compress + decompress the bundled samples at every rate")
+    p.add_argument("-o", "--output", default="out/demo", metavar="OUT_DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        _error(args.command, str(exc))
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The latent autoencoder: the Stable Diffusion VAE's role in OSCAR.
+
+    x (B,3,H,W) in [-1,1] --encode--> z0 (B,4,H/8,W/8) --decode--> x_hat (B,3,H,W) in [-1,1]
+
+A diffusers ``AutoencoderKL``: built from config (``oscar-tiny``, random until trained) or
+loaded from a local diffusers directory (``oscar-sd21``). The encoder is deterministic: z0 is
+the posterior *mode* times the scaling factor (the reference samples the posterior, which
+makes the same image give different bitstreams).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL
+from torch import Tensor, nn
+
+from .config import AutoencoderConfig
+
+DOWNSCALE = 8  # pixels per latent cell, per side
+
+
+def build_vae(config: AutoencoderConfig) -> AutoencoderKL:
+    """An AutoencoderKL from the config, or from ``pretrained_dir`` when set."""
+    if config.pretrained_dir:
+        return AutoencoderKL.from_pretrained(config.pretrained_dir, local_files_only=True)
+    n_blocks = len(config.block_out_channels)
+    if 2 ** (n_blocks - 1) != DOWNSCALE:
+        raise ValueError(
+            f"autoencoder needs 4 blocks (3 downsamples = 1/{DOWNSCALE}), got {n_blocks}"
+        )
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n_blocks,
+        up_block_types=("UpDecoderBlock2D",) * n_blocks,
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        latent_channels=config.latent_channels,
+        norm_num_groups=config.norm_num_groups,
+        scaling_factor=config.scaling_factor,
+        mid_block_add_attention=config.mid_block_attention,
+    )
+
+
+class LatentAutoencoder(nn.Module):
+    """``encode(x) -> z0`` (posterior mode, scaled) and ``decode(z) -> x_hat`` (clamped)."""
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        self.config = config
+        self.vae = build_vae(config)
+        # the scaling factor lives in the config (refitted after stage-0 training)
+        self.scaling_factor = float(config.scaling_factor)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """x: (B,3,H,W) in [-1,1], H and W multiples of 8 -> z0: (B,4,H/8,W/8)."""
+        posterior = self.vae.encode(x).latent_dist
+        return posterior.mode() * self.scaling_factor
+
+    def encode_posterior(self, x: Tensor):
+        """The diagonal Gaussian posterior (for training with a KL term)."""
+        return self.vae.encode(x).latent_dist
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z: (B,4,h,w) in the scaled latent space -> x_hat (B,3,8h,8w) clamped to [-1,1]."""
+        return self.vae.decode(z / self.scaling_factor).sample.clamp(-1.0, 1.0)
+
+    def decode_unclamped(self, z: Tensor) -> Tensor:
+        """As ``decode`` without the clamp (training keeps the gradient outside [-1,1])."""
+        return self.vae.decode(z / self.scaling_factor).sample
+
+    @torch.no_grad()
+    def fit_scaling_factor(self, x: Tensor) -> float:
+        """1/std of unscaled latents of a batch (how SD chose 0.18215); sets it in place."""
+        z = self.vae.encode(x).latent_dist.mode()
+        self.scaling_factor = float(1.0 / z.flatten().std().clamp_min(1e-6))
+        self.config.scaling_factor = self.scaling_factor
+        return self.scaling_factor

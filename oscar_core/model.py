@@ -1,0 +1,139 @@
+"""``OscarModel``: every weight of an OSCAR codec in one module, and how it is stored.
+
+    x (B,3,H,W) --autoencoder.encode--> z0 (B,4,h,w)
+    z0 --hypers[r].encode_indices--> indices (B,h/d,w/d)            [the bitstream, rate r]
+    indices --hypers[r].decode_indices--> z~ (B,4,h,w) --match_norms(rms(z0))--> x_t
+    x_t, t_r --denoiser--> z0_hat --autoencoder.decode--> x_hat (B,3,H,W)
+
+The per-rate index distributions (``pmf_<r>``, shape (K_r,)) are buffers: they are part of
+the weights file and of the model id, so encoder and decoder always agree on the CDFs.
+Storage: ``config.json`` + ``model.safetensors`` in one directory. No pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .autoencoder import LatentAutoencoder
+from .config import CONFIG_NAME, WEIGHTS_NAME, OscarConfig
+from .denoiser import OneStepDenoiser
+from .entropy import uniform_pmf
+from .hyper import HyperEncoder, channel_rms, match_norms
+from .ladder import RateLadder
+
+
+class OscarModel(nn.Module):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.config = config
+        self.ladder: RateLadder = config.rate_ladder()
+        self.autoencoder = LatentAutoencoder(config.autoencoder)
+        latent_channels = config.autoencoder.latent_channels
+        self.hypers = nn.ModuleList(
+            HyperEncoder(config.hyper, rate, latent_channels) for rate in self.ladder
+        )
+        self.denoiser = OneStepDenoiser(config.denoiser)
+        for rate in self.ladder:
+            # uniform until training estimates the index histograms
+            self.register_buffer(f"pmf_{rate.index}", torch.from_numpy(uniform_pmf(rate.K)).float())
+
+    def pmf(self, rate_index: int) -> Tensor:
+        return getattr(self, f"pmf_{rate_index}")
+
+    def set_pmf(self, rate_index: int, pmf: Tensor) -> None:
+        K = self.ladder[rate_index].K
+        if pmf.shape != (K,):
+            raise ValueError(
+                f"pmf for rate {rate_index} must have shape ({K},), got {tuple(pmf.shape)}"
+            )
+        self.pmf(rate_index).copy_(pmf.float())
+
+    def pad_multiple(self, rate_index: int) -> int:
+        """Image sides are padded to a multiple of this for ``rate_index`` (8 * lcm(d, unet))."""
+        import math
+
+        d = self.ladder[rate_index].downsample
+        return 8 * math.lcm(d, self.denoiser.downscale)
+
+    def forward(self, x: Tensor, rate_index: int, z0: Tensor | None = None) -> dict[str, Tensor]:
+        """Training pass at one rate. x (B,3,H,W) in [-1,1], sides multiples of pad_multiple.
+
+        ``z0`` may be given (cached latents). Returns z0, z_tilde, x_t, z0_hat, x_hat
+        (unclamped), indices and the VQ commitment loss.
+        """
+        if z0 is None:
+            with torch.no_grad():
+                z0 = self.autoencoder.encode(x)
+        z_tilde, indices, commit = self.hypers[rate_index](z0)
+        x_t = match_norms(z_tilde, channel_rms(z0))
+        t = self.ladder[rate_index].t
+        t_r = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        z0_hat = self.denoiser(x_t, t_r)
+        x_hat = self.autoencoder.decode_unclamped(z0_hat)
+        return {
+            "z0": z0,
+            "z_tilde": z_tilde,
+            "x_t": x_t,
+            "z0_hat": z0_hat,
+            "x_hat": x_hat,
+            "indices": indices,
+            "commit": commit,
+        }
+
+    # -- identity and storage ------------------------------------------------------------
+    def model_id(self) -> bytes:
+        """4 bytes of SHA-256 over the config JSON and every saved tensor (name, dtype, bytes)."""
+        h = hashlib.sha256(self.config.to_json().encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.digest()[:4]
+
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Write config.json + model.safetensors (floats cast to ``dtype``, pmfs kept fp32)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {}
+        for name, tensor in self.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            if t.is_floating_point() and not name.startswith("pmf_"):
+                t = t.to(dtype)
+            state[name] = t.clone()
+        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        (out / CONFIG_NAME).write_text(self.config.to_json() + "\n")
+        return out
+
+    @staticmethod
+    def config_from_pretrained(directory: str | Path) -> OscarConfig:
+        """Read and validate a model directory's config.json (no weights loaded)."""
+        config_path = Path(directory) / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"model directory {directory}: missing {CONFIG_NAME}")
+        try:
+            return OscarConfig.from_json(config_path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"model directory {directory}: bad {CONFIG_NAME}: {exc}") from exc
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> OscarModel:
+        """Load a model directory (config.json + model.safetensors) onto the CPU in fp32."""
+        config = cls.config_from_pretrained(directory)
+        weights_path = Path(directory) / WEIGHTS_NAME
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"model directory {directory}: missing {WEIGHTS_NAME}")
+        model = cls(config)
+        state = load_file(str(weights_path))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"model directory {directory}: weights do not match {config.name}: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        return model.eval()

@@ -1,0 +1,406 @@
+"""Storage helpers for the pipeline: URLs, shard lists, streaming reads, atomic publish.
+
+The batch jobs read input shards and write results either to local directories or to an
+S3-compatible object store (``s3://bucket/key``).  This module hides the difference behind a
+few functions so job code never branches on the scheme:
+
+* ``parse_url`` / ``expand_shards`` turn user specs (brace ranges, globs, ``.txt`` lists,
+  ``s3://`` prefixes with a glob) into a sorted list of concrete URLs;
+* ``open_read`` streams (an S3 object is never held whole in memory);
+* ``atomic_put`` / ``atomic_put_file`` publish so that a reader never sees a partial object
+  at the final name;
+* ``check_writable`` fails a job at start-up, not hours later, when the output is unusable.
+
+Errors from botocore and the local filesystem become ``StorageError(url, reason)`` so callers
+catch one type and the message always names the URL.  Credentials come from boto3's default
+chain and are never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import glob
+import io
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
+
+import boto3
+import braceexpand
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+log = logging.getLogger(__name__)
+
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+# Friendly explanations for the S3 error codes a user can fix themselves.
+_DENIED = "access denied (check the bucket policy / user permissions)"
+_HINTS = {
+    "NoSuchBucket": "the bucket does not exist",
+    **dict.fromkeys(["NoSuchKey", "404"], "no such object"),
+    **dict.fromkeys(["AccessDenied", "403"], _DENIED),
+    "InvalidAccessKeyId": "bad credentials: the server does not know this access key",
+    "SignatureDoesNotMatch": "bad credentials: the secret key does not match",
+}
+
+
+class StorageError(OSError):
+    """A storage operation failed; ``url`` names the object, ``reason`` says why."""
+
+    def __init__(self, url: str, reason: str, code: str | None = None) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError pickles its args positionally; keep all fields for Ray / multiprocessing.
+        return (type(self), (self.url, self.reason, self.code))
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URL: ``scheme`` is "s3" or "file"; for files ``bucket`` is "" and ``key``
+    is the local path."""
+
+    scheme: str
+    bucket: str
+    key: str
+
+    @property
+    def path(self) -> str:
+        return self.key
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else self.key
+
+
+def parse_url(url: str) -> Location:
+    """Split ``s3://bucket/key``, ``file:///path`` or a plain path into a Location."""
+    m = _SCHEME_RE.match(url)
+    if m is None:
+        return Location("file", "", url)
+    scheme = m.group(1).lower()
+    rest = url[m.end() :]
+    if scheme == "file":
+        return Location("file", "", rest)
+    if scheme == "s3":
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise ValueError(f"{url!r}: an s3 URL needs a bucket (s3://bucket/key)")
+        return Location("s3", bucket, key)
+    raise ValueError(f"{url!r}: unsupported URL scheme {scheme!r} (use s3:// or a local path)")
+
+
+# --------------------------------------------------------------------------- S3 client
+
+_client_lock = threading.Lock()
+_client: tuple[int, Any] | None = None  # (pid, client): a forked child must build its own
+
+
+def s3_client() -> Any:
+    """The process-wide boto3 S3 client (thread-safe; rebuilt after fork).
+
+    Endpoint (``AWS_ENDPOINT_URL``), region and credentials come from boto3's standard
+    environment/config chain.  Adaptive retries absorb throttling (503 SlowDown) from the
+    store when many workers hit it at once.
+    """
+    global _client
+    with _client_lock:
+        if _client is None or _client[0] != os.getpid():
+            attempts = int(os.environ.get("OSCAR_S3_MAX_ATTEMPTS", "5"))
+            config = Config(
+                retries={"max_attempts": attempts, "mode": "adaptive"},
+                connect_timeout=10,
+                read_timeout=120,
+                max_pool_connections=32,
+            )
+            # A fresh Session per client: the default session is not thread-safe.
+            _client = (os.getpid(), boto3.session.Session().client("s3", config=config))
+        return _client[1]
+
+
+def reset_s3_client() -> None:
+    """Forget the cached client (e.g. after the credentials in the environment changed)."""
+    global _client
+    with _client_lock:
+        _client = None
+
+
+@contextlib.contextmanager
+def _s3_errors(url: str, action: str) -> Iterator[None]:
+    """Translate botocore errors into StorageError naming the URL."""
+    try:
+        yield
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        code = str(err.get("Code", "Unknown"))
+        detail = _HINTS.get(code) or err.get("Message") or code
+        raise StorageError(url, f"{action} failed: {detail} [{code}]", code) from e
+    except BotoCoreError as e:
+        # EndpointConnectionError, NoCredentialsError, timeouts: str(e) holds no secrets.
+        raise StorageError(url, f"{action} failed: {e}", type(e).__name__) from e
+
+
+@contextlib.contextmanager
+def _local_errors(url: str, action: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, StorageError):
+            raise
+        raise StorageError(url, f"{action} failed: {e.strerror or e}", type(e).__name__) from e
+
+
+# ----------------------------------------------------------------------- shard specs
+
+
+def _s3_keys(bucket: str, prefix: str) -> Iterator[str]:
+    with _s3_errors(f"s3://{bucket}/{prefix}", "list"):
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield obj["Key"]
+
+
+def _s3_glob(loc: Location) -> list[str]:
+    """Match an s3 key pattern like the shell: ``*`` and ``?`` never cross a ``/``."""
+    first_glob = _GLOB_CHARS.search(loc.key)
+    prefix = loc.key[: first_glob.start()] if first_glob else loc.key  # list as little as we can
+    parts = loc.key.split("/")
+    out = []
+    for key in _s3_keys(loc.bucket, prefix):
+        kparts = key.split("/")
+        if len(kparts) == len(parts) and all(map(fnmatch.fnmatchcase, kparts, parts)):
+            out.append(f"s3://{loc.bucket}/{key}")
+    return out
+
+
+def _expand_one(pattern: str) -> list[str]:
+    """Brace-expand one pattern, then resolve globs (local filesystem or s3 listing)."""
+    out: list[str] = []
+    for item in braceexpand.braceexpand(pattern):
+        loc = parse_url(item)
+        if not _GLOB_CHARS.search(loc.key):
+            out.append(item)  # a literal name: listed as given, like WebDataset does
+        elif loc.scheme == "s3":
+            out.extend(_s3_glob(loc))
+        else:
+            prefix = "file://" if item.startswith("file://") else ""
+            out.extend(prefix + p for p in glob.glob(loc.path) if os.path.isfile(p))
+    return out
+
+
+def expand_shards(spec: str) -> list[str]:
+    """Turn a shard spec into a sorted, de-duplicated list of URLs.
+
+    ``spec`` may be a brace range (``s3://b/in/{000000..000009}.tar``), a glob (``/data/*.tar``,
+    ``s3://b/in/*.tar``), or a ``.txt`` file (local or s3) listing one URL or pattern per line,
+    ``#`` starting a comment line.  Raises ValueError naming the spec when nothing matches.
+    """
+    spec = spec.strip()
+    if spec.endswith(".txt") and not _GLOB_CHARS.search(spec) and "{" not in spec:
+        lines = read_bytes(spec).decode("utf-8").splitlines()
+        patterns = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    else:
+        patterns = [spec]
+    urls = sorted({u for p in patterns for u in _expand_one(p)})
+    if not urls:
+        raise ValueError(f"shard spec {spec!r} matched nothing")
+    log.debug("expanded %r to %d shards", spec, len(urls))
+    return urls
+
+
+# ------------------------------------------------------------------- object access
+
+
+class _S3Body(io.RawIOBase):
+    """The ``get_object()["Body"]`` stream as a standard raw file.
+
+    Why not return the StreamingBody itself: its ``__enter__`` hands out the bare urllib3
+    response, so ``with open_read(u) as f`` would skip botocore's content-length check;
+    and read errors should become StorageError naming the URL.
+    """
+
+    def __init__(self, url: str, body: Any) -> None:
+        self._url = url
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        with _s3_errors(self._url, "read"):
+            return self._body.readinto(b)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+def open_read(url: str) -> BinaryIO:
+    """Open for streaming reads.  For s3 the HTTP body is read as consumed (1 MiB buffer),
+    never held whole in memory."""
+    loc = parse_url(url)
+    if loc.scheme == "s3":
+        with _s3_errors(url, "open"):
+            body = s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+        return cast(BinaryIO, io.BufferedReader(_S3Body(url, body), buffer_size=1 << 20))
+    with _local_errors(url, "open"):
+        return open(loc.path, "rb")
+
+
+def read_bytes(url: str) -> bytes:
+    with open_read(url) as f:
+        return f.read()
+
+
+def put_bytes(url: str, data: bytes) -> None:
+    loc = parse_url(url)
+    if loc.scheme == "s3":
+        with _s3_errors(url, "put"):
+            s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+        return
+    with _local_errors(url, "write"):
+        os.makedirs(os.path.dirname(os.path.abspath(loc.path)), exist_ok=True)
+        with open(loc.path, "wb") as f:
+            f.write(data)
+
+
+def exists(url: str) -> bool:
+    loc = parse_url(url)
+    if loc.scheme == "file":
+        return os.path.exists(loc.path)
+    try:
+        with _s3_errors(url, "head"):
+            s3_client().head_object(Bucket=loc.bucket, Key=loc.key)
+    except StorageError as e:
+        if e.code in ("404", "NoSuchKey", "NoSuchBucket"):
+            return False
+        raise
+    return True
+
+
+def list_prefix(url: str) -> list[str]:
+    """All objects whose name starts with ``url`` (recursive, like an S3 prefix), sorted."""
+    loc = parse_url(url)
+    if loc.scheme == "s3":
+        return sorted(f"s3://{loc.bucket}/{k}" for k in _s3_keys(loc.bucket, loc.key))
+    # Local: walk the directory holding the prefix and keep paths that start with it.
+    path = loc.path
+    root = path if path.endswith(os.sep) or os.path.isdir(path) else os.path.dirname(path)
+    scheme = "file://" if url.startswith("file://") else ""
+    out = []
+    for dirpath, _dirs, files in os.walk(root or "."):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            if not root:  # a bare relative prefix: compare without the "./" walk adds
+                full = os.path.normpath(full)
+            if full.startswith(path):
+                out.append(scheme + full)
+    return sorted(out)
+
+
+def delete(url: str) -> None:
+    """Delete an object/file; deleting a missing one is not an error (as on S3)."""
+    loc = parse_url(url)
+    if loc.scheme == "s3":
+        with _s3_errors(url, "delete"):
+            s3_client().delete_object(Bucket=loc.bucket, Key=loc.key)
+        return
+    with _local_errors(url, "delete"), contextlib.suppress(FileNotFoundError):
+        os.remove(loc.path)
+
+
+# ---------------------------------------------------------------- atomic publish
+
+
+def _local_atomic(path: str, write: Any) -> None:
+    """Write via a temp file in the same directory, then rename (atomic on POSIX)."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # data on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _s3_atomic(loc: Location, url: str, upload: Any) -> None:
+    """Upload to ``<key>.tmp-<uuid>``, server-side copy to the key, delete the temp.
+
+    The final key only ever holds a complete object whatever the upload path (single PUT
+    or multipart); a crashed writer leaves a ``.tmp-`` key, never a truncated result.
+    """
+    client = s3_client()
+    tmp_key = f"{loc.key}.tmp-{uuid.uuid4().hex}"
+    try:
+        with _s3_errors(url, "upload"):
+            upload(client, tmp_key)
+        with _s3_errors(url, "publish (copy)"):
+            # Managed copy: a single CopyObject, or multipart copy above 5 GB.
+            client.copy({"Bucket": loc.bucket, "Key": tmp_key}, loc.bucket, loc.key)
+    finally:
+        with contextlib.suppress(ClientError, BotoCoreError):
+            client.delete_object(Bucket=loc.bucket, Key=tmp_key)
+
+
+def atomic_put(url: str, data: bytes) -> None:
+    """Write ``data`` so readers see either the old object or the whole new one."""
+    loc = parse_url(url)
+    if loc.scheme == "s3":
+        _s3_atomic(loc, url, lambda c, k: c.put_object(Bucket=loc.bucket, Key=k, Body=data))
+        return
+    with _local_errors(url, "atomic write"):
+        _local_atomic(loc.path, lambda f: f.write(data))
+
+
+def atomic_put_file(url: str, local_path: str) -> None:
+    """Publish a local file to ``url`` atomically (multipart upload for big files on S3)."""
+    loc = parse_url(url)
+    if loc.scheme == "s3":
+        _s3_atomic(loc, url, lambda c, k: c.upload_file(local_path, loc.bucket, k))
+        return
+
+    with _local_errors(url, "atomic write"), open(local_path, "rb") as src:
+        _local_atomic(loc.path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+
+
+def check_writable(url: str) -> None:
+    """Fail early, with a clear StorageError, if ``url`` (an output dir/prefix) is unusable.
+
+    Writes and deletes a small probe object, which catches a missing bucket, denied access,
+    bad credentials, an unreachable endpoint and unwritable directories alike.
+    """
+    loc = parse_url(url)
+    probe = f".oscar-write-probe-{uuid.uuid4().hex}"
+    if loc.scheme == "s3":
+        key = loc.key + probe if not loc.key or loc.key.endswith("/") else f"{loc.key}/{probe}"
+        with _s3_errors(url, "write check"):
+            s3_client().put_object(Bucket=loc.bucket, Key=key, Body=b"probe")
+            s3_client().delete_object(Bucket=loc.bucket, Key=key)
+        return
+    with _local_errors(url, "write check"):
+        os.makedirs(loc.path, exist_ok=True)
+        path = os.path.join(loc.path, probe)
+        with open(path, "wb") as f:
+            f.write(b"probe")
+        os.remove(path)
+    log.debug("%s is writable", url)
