@@ -141,6 +141,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model=args.model, out=args.output)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from jobs.train import main_train
+
+    return main_train(
+        args.config, data=args.data, out=args.out, device=args.device, threads=args.threads
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from oscar_core import DEFAULT_MODEL_DIR
 
@@ -171,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("rates", cmd_rates, "print the rate ladder")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("train", help="train a model (stages 0, 1, fit, 2; resumable)")
+    p.add_argument("--config", default=None, help="training config JSON (jobs/configs/)")
+    p.add_argument("--data", default=None, help="directory of images or .tar shards")
+    p.add_argument("--out", default=None, help="run directory (re-run to resume)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(fn=cmd_train)
 
     p = add("demo", cmd_demo, "compress + decompress the bundled samples at every rate")
     p.add_argument("-o", "--output", default="out/demo", metavar="OUT_DIR")

@@ -1,0 +1,277 @@
+"""``oscar train``: two-stage OSCAR training (+ stage 0 for the tiny latent autoencoder).
+
+    stage0  latent autoencoder: L1 + (1 - SSIM) + tiny KL          (skipped for a pretrained VAE)
+    stage1  hyper-encoders, frozen autoencoder: -cos(z~, z0) per position + VQ commitment
+    fit     per rate on held-out crops: mean cos(z~, z0) -> t_r with sqrt(abar_t) closest;
+            index histograms -> the entropy coder's static pmfs (stored in the model)
+    stage2  joint: denoiser + hyper-encoders + embedding, one random rate per step:
+            L1 + (1 - SSIM) + latent L1 + alignment (-cos per channel) + adversarial
+
+Each stage checkpoints to ``<out>/ckpt/<stage>.pt`` (resumable: re-run the same command) and
+marks itself done with ``<stage>.done``; ``max_minutes`` bounds one invocation. The final
+model directory is ``<out>/model`` (config.json + model.safetensors). Losses live in
+``jobs/train_losses.py``, data in ``jobs/train_data.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from jobs.train_data import CropSampler, load_images, split
+from jobs.train_losses import PatchDiscriminator, Stage2Loss, autoencoder_loss, fit_rate
+from oscar_core import OscarModel, get_config
+from oscar_core.hyper import cosine_per_position
+
+log = logging.getLogger("oscar.train")
+
+
+@dataclass
+class StageConfig:
+    steps: int  # optimiser steps
+    batch: int  # images (or latents) per step
+    crop: int  # square crop side in pixels (multiple of 64)
+    lr: float  # AdamW peak learning rate (cosine decay to 5%, 2% warm-up)
+    max_minutes: float | None = None  # stop (checkpointed) after this long; re-run resumes
+
+
+@dataclass
+class TrainConfig:
+    data: str = "../shared/data/train"  # directory of images or .tar shards
+    out: str = "runs/oscar-tiny"  # run directory: ckpt/, model/, train.log, summary.json
+    base: str = "oscar-tiny"  # registry name, or a model directory to start from
+    device: str = "cpu"
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads (None: torch default)
+    holdout_every: int = 20  # every n-th image is held out
+    cache_crops: int = 1536  # crops whose latents are cached for stages 1 and 2
+    fit_crops: int = 128  # held-out crops for the t_r fit and the histograms
+    stage0: StageConfig = field(default_factory=lambda: StageConfig(3000, 8, 128, 1e-3))
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(1500, 16, 256, 1e-3))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(1500, 4, 128, 2e-4))
+    save_dtype: str = "float16"  # dtype of the shipped weights
+
+    @classmethod
+    def from_json(cls, path: str | Path, **overrides) -> TrainConfig:
+        data = json.loads(Path(path).read_text()) if path else {}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        for name in ("stage0", "stage1", "stage2"):
+            if name in data and isinstance(data[name], dict):
+                data[name] = StageConfig(**data[name])
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training config fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.cfg = config
+        self.out = Path(config.out)
+        (self.out / "ckpt").mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        model_dir = self.out / "ckpt" / "model"
+        if (model_dir / "config.json").exists():  # resume: the latest completed stage's model
+            self.model = OscarModel.from_pretrained(model_dir)
+        elif Path(config.base).is_dir():
+            self.model = OscarModel.from_pretrained(config.base)
+        else:
+            self.model = OscarModel(get_config(config.base))
+        self.model.to(self.device)
+        images, _ = load_images(config.data)
+        train, held = split(images, config.holdout_every)
+        self.train_sampler = CropSampler(train, seed=config.seed)
+        self.held_sampler = CropSampler(held, seed=config.seed + 1)
+        log.info("data: %d train / %d held-out images from %s", len(train), len(held), config.data)
+        (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        self.summary: dict = self._read_summary()
+
+    # -- generic stage loop ------------------------------------------------------------
+    def run_stage(self, name: str, cfg: StageConfig, params: list, step_fn) -> bool:
+        """Optimise ``params`` with ``step_fn(step) -> dict of losses``; True when finished."""
+        done_marker = self.out / "ckpt" / f"{name}.done"
+        if done_marker.exists():
+            return True
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+        ckpt_path = self.out / "ckpt" / f"{name}.pt"
+        start, elapsed_before = 0, 0.0
+        if ckpt_path.exists():
+            state = torch.load(ckpt_path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            start, elapsed_before = int(state["step"]), float(state["elapsed"])
+            if hasattr(step_fn, "load_state_dict") and "extra" in state:
+                step_fn.load_state_dict(state["extra"])
+            log.info("%s: resumed at step %d", name, start)
+        t0 = time.monotonic()
+
+        def save(step: int) -> None:
+            extra = step_fn.state_dict() if hasattr(step_fn, "state_dict") else {}
+            state = {"model": self.model.state_dict(), "opt": opt.state_dict(), "step": step,
+                     "elapsed": elapsed_before + time.monotonic() - t0, "extra": extra}  # fmt: skip
+            torch.save(state, ckpt_path.with_suffix(".tmp"))
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+
+        bar = tqdm(range(start, cfg.steps), desc=name, initial=start, total=cfg.steps)
+        last_save, averages = time.monotonic(), {}
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(step, cfg.steps)
+            losses = step_fn(step)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            for k, v in losses.items():
+                v = float(v.detach()) if torch.is_tensor(v) else float(v)
+                averages[k] = 0.98 * averages.get(k, v) + 0.02 * v
+            bar.set_postfix({k: f"{v:.4f}" for k, v in averages.items()})
+            if step % 50 == 0:
+                log.info("%s step %d %s", name, step, json.dumps({k: round(v, 5) for k, v in averages.items()}))
+            minutes = (time.monotonic() - t0) / 60
+            if time.monotonic() - last_save > 300:
+                save(step + 1)
+                last_save = time.monotonic()
+            if cfg.max_minutes and minutes >= cfg.max_minutes and step + 1 < cfg.steps:
+                save(step + 1)
+                log.info("%s: stopped at step %d after %.1f min; re-run to resume", name, step + 1, minutes)
+                return False
+        elapsed = elapsed_before + time.monotonic() - t0
+        self.summary[name] = {"steps": cfg.steps, "wall_s": round(elapsed, 1),
+                              "final_losses": {k: round(v, 5) for k, v in averages.items()}}  # fmt: skip
+        self._checkpoint_model()
+        done_marker.write_text(json.dumps(self.summary[name]))
+        ckpt_path.unlink(missing_ok=True)
+        return True
+
+    def _checkpoint_model(self) -> None:
+        self.model.save_pretrained(self.out / "ckpt" / "model")
+        (self.out / "summary.json").write_text(json.dumps(self.summary, indent=2))
+
+    def _read_summary(self) -> dict:
+        path = self.out / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    # -- stages -----------------------------------------------------------------------
+    def stage0(self) -> bool:
+        cfg, ae = self.cfg.stage0, self.model.autoencoder
+        if ae.config.pretrained_dir:
+            return True  # a pretrained VAE (SD-2.1) is used as is
+
+        def step(_: int) -> dict:
+            x = self.train_sampler.batch(cfg.batch, cfg.crop).to(self.device)
+            return autoencoder_loss(ae, x)
+
+        finished = self.run_stage("stage0", cfg, list(ae.parameters()), step)
+        if finished and "scaling_factor" not in self.summary:
+            x = self.train_sampler.batch(64, 128).to(self.device)
+            sf = ae.fit_scaling_factor(x)
+            self.summary["scaling_factor"] = sf
+            self._checkpoint_model()
+            log.info("latent scaling factor %.5f", sf)
+        return finished
+
+    def _latent_cache(self, sampler: CropSampler, n: int, crop: int, tag: str) -> tuple:
+        """(x uint8 crops, z0) for n crops, computed once per run and stored."""
+        path = self.out / "ckpt" / f"latents-{tag}-{crop}.pt"
+        if path.exists():
+            cached = torch.load(path, weights_only=True)
+            return cached["x"], cached["z0"]
+        xs, zs = [], []
+        with torch.no_grad():
+            for _ in range(math.ceil(n / 16)):
+                x = sampler.batch(16, crop)
+                xs.append(((x + 1) * 127.5).round().to(torch.uint8))
+                zs.append(self.model.autoencoder.encode(x.to(self.device)).cpu())
+        x, z0 = torch.cat(xs)[:n], torch.cat(zs)[:n]
+        torch.save({"x": x, "z0": z0}, path)
+        return x, z0
+
+    def stage1(self) -> bool:
+        cfg = self.cfg.stage1
+        _, z0_all = self._latent_cache(self.train_sampler, self.cfg.cache_crops, cfg.crop, "train")
+        rng = np.random.default_rng(self.cfg.seed + 11)
+        self.model.hypers.train()
+
+        def step(_: int) -> dict:
+            z0 = z0_all[rng.integers(len(z0_all), size=cfg.batch)].to(self.device)
+            align, commit = 0.0, 0.0
+            for hyper in self.model.hypers:  # all rates share the batch
+                z_tilde, _, c = hyper(z0)
+                align = align - cosine_per_position(z_tilde, z0)
+                commit = commit + c
+            n = len(self.model.hypers)
+            return {"total": (align + commit) / n, "cos": -align / n, "commit": commit / n}
+
+        return self.run_stage("stage1", cfg, list(self.model.hypers.parameters()), step)
+
+    def fit(self) -> None:
+        """Refit t_r per rate and the entropy coder's pmfs on held-out crops."""
+        if "fit" in self.summary:
+            return
+        _, z0 = self._latent_cache(self.held_sampler, self.cfg.fit_crops, 256, "held")
+        self.model.eval()
+        rows = [fit_rate(self.model, r, z0.to(self.device)) for r in range(len(self.model.ladder))]
+        self.model.config.ladder = [[r.ss, r.K, row["t"]] for r, row in zip(self.model.ladder, rows, strict=True)]
+        self.model.ladder = self.model.config.rate_ladder()
+        for r, row in enumerate(rows):
+            self.model.set_pmf(r, torch.from_numpy(row.pop("pmf")))
+        self.summary["fit"] = rows
+        self._checkpoint_model()
+        log.info("fit: %s", json.dumps(rows))
+
+    def stage2(self) -> bool:
+        cfg = self.cfg.stage2
+        x_all, z0_all = self._latent_cache(self.train_sampler, self.cfg.cache_crops, cfg.crop, "train")
+        self.model.autoencoder.requires_grad_(False)
+        disc = PatchDiscriminator().to(self.device)
+        loss = Stage2Loss(self.model, disc, x_all, z0_all, cfg.batch, self.device, self.cfg.seed)
+        params = list(self.model.denoiser.parameters()) + list(self.model.hypers.parameters())
+        self.model.denoiser.train()
+        self.model.hypers.train()
+        return self.run_stage("stage2", cfg, [p for p in params if p.requires_grad], loss)
+
+    def run(self) -> bool:
+        for stage in (self.stage0, self.stage1):
+            if not stage():
+                return False
+        self.fit()
+        if not self.stage2():
+            return False
+        self.model.eval()
+        final = self.out / "model"
+        self.model.config.notes = {**self.model.config.notes, "training": self.summary}
+        self.model.save_pretrained(final, dtype=getattr(torch, self.cfg.save_dtype))
+        log.info("final model written to %s", final)
+        return True
+
+
+def _lr_factor(step: int, total: int) -> float:
+    warm = max(1, total // 50)
+    if step < warm:
+        return (step + 1) / warm
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def main_train(config_path: str | None, **overrides) -> int:
+    cfg = TrainConfig.from_json(config_path, **overrides) if config_path else TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(cfg.out) / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    finished = Trainer(cfg).run()
+    print("training finished" if finished else "training paused (time limit); re-run to resume")
+    return 0

@@ -1,0 +1,146 @@
+"""Losses and the fit step of OSCAR training (see jobs/train.py for the stage plan).
+
+Perceptual loss: SSIM (pytorch-msssim) works offline; LPIPS/DISTS need backbone weights
+from the internet, which this project cannot fetch, so they are not used here.
+Adversarial loss: a small patch discriminator on pixels with the hinge loss. Unlike the
+reference (whose discriminator call sits under ``no_grad``), the generator term
+``-D(x_hat)`` keeps its graph, so its gradient reaches the denoiser and the hyper-encoders
+(tested in tests/jobs/test_train.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim
+from torch import Tensor, nn
+
+from oscar_core.entropy import pmf_from_histogram
+from oscar_core.hyper import channel_rms, codebook_usage, cosine_per_channel, match_norms
+
+
+def one_minus_ssim(x_hat: Tensor, x: Tensor) -> Tensor:
+    """1 - SSIM of images in [-1, 1] (clamped: SSIM assumes the data range)."""
+    return 1 - ssim((x_hat.clamp(-1, 1) + 1) / 2, (x + 1) / 2, data_range=1.0, size_average=True)
+
+
+def autoencoder_loss(ae, x: Tensor, w_ssim: float = 0.2, w_kl: float = 1e-6) -> dict:
+    """Stage 0: VAE reconstruction of x (B,3,c,c) from a posterior sample, small KL."""
+    posterior = ae.encode_posterior(x)
+    x_hat = ae.vae.decode(posterior.sample()).sample
+    l1 = (x_hat - x).abs().mean()
+    s = one_minus_ssim(x_hat, x)
+    kl = posterior.kl().mean()
+    return {"total": l1 + w_ssim * s + w_kl * kl, "l1": l1.detach(), "1-ssim": s.detach()}
+
+
+class PatchDiscriminator(nn.Module):
+    """(B,3,H,W) -> (B,1,H/8,W/8) realness logits; small enough for CPU training."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width, 4, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, width * 2, 4, 2, 1),
+            nn.GroupNorm(8, width * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width * 2, width * 4, 4, 2, 1),
+            nn.GroupNorm(8, width * 4),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width * 4, 1, 3, 1, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Stage2Loss:
+    """One joint step at a random rate; also updates the discriminator (hinge loss)."""
+
+    def __init__(
+        self,
+        model,
+        disc: PatchDiscriminator,
+        x_all: Tensor,  # (N,3,c,c) uint8 crops
+        z0_all: Tensor,  # (N,4,c/8,c/8) their cached latents
+        batch: int,
+        device: torch.device,
+        seed: int = 0,
+        weights: dict | None = None,
+    ):
+        self.model, self.disc, self.x_all, self.z0_all = model, disc, x_all, z0_all
+        self.batch, self.device = batch, device
+        self.w = {"ssim": 0.5, "latent": 1.0, "align": 0.5, "adv": 5e-3, "adv_start": 200}
+        self.w.update(weights or {})
+        self.d_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
+        self.rng = np.random.default_rng(seed + 22)
+
+    def __call__(self, step: int) -> dict:
+        pick = self.rng.integers(len(self.x_all), size=self.batch)
+        x = (self.x_all[pick].float() / 127.5 - 1).to(self.device)
+        z0 = self.z0_all[pick].to(self.device)
+        rate = int(self.rng.integers(len(self.model.ladder)))
+        out = self.model(x, rate, z0=z0)
+        x_hat = out["x_hat"]
+        l1 = (x_hat - x).abs().mean()
+        s = one_minus_ssim(x_hat, x)
+        latent = (out["z0_hat"] - z0).abs().mean()
+        align = -cosine_per_channel(out["z_tilde"], z0)
+        total = l1 + self.w["ssim"] * s + self.w["latent"] * latent + self.w["align"] * align
+        total = total + out["commit"]
+        losses = {"l1": l1.detach(), "1-ssim": s.detach(), "latent": latent.detach()}
+        if self.w["adv"] > 0 and step >= self.w["adv_start"]:
+            self.discriminator_step(x, x_hat.detach())
+            g_adv = self.generator_adv(x_hat)
+            total = total + self.w["adv"] * g_adv
+            losses["g_adv"] = g_adv.detach()
+        losses["total"] = total
+        return losses
+
+    def generator_adv(self, x_hat: Tensor) -> Tensor:
+        """-D(x_hat): keeps the graph so the gradient reaches the generator."""
+        return -self.disc(x_hat).mean()
+
+    def discriminator_step(self, x: Tensor, x_fake: Tensor) -> float:
+        d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(x_fake)).mean()
+        self.d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_opt.step()
+        self.d_opt.zero_grad(set_to_none=True)  # -D(x_hat) will add grads here; not applied
+        return float(d_loss)
+
+    def state_dict(self) -> dict:
+        return {"disc": self.disc.state_dict(), "d_opt": self.d_opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.disc.load_state_dict(state["disc"])
+            self.d_opt.load_state_dict(state["d_opt"])
+
+
+@torch.no_grad()
+def fit_rate(model, rate_index: int, z0: Tensor) -> dict:
+    """Mean cos(x_t, z0) on held-out latents -> t_r; index histogram -> pmf (K,)."""
+    rate = model.ladder[rate_index]
+    hyper = model.hypers[rate_index]
+    indices = torch.cat([hyper.encode_indices(chunk) for chunk in z0.split(32)])
+    z_tilde = torch.cat([hyper.decode_indices(chunk) for chunk in indices.split(32)])
+    x_t = match_norms(z_tilde, channel_rms(z0))
+    cos = F.cosine_similarity(x_t.flatten(1), z0.flatten(1), dim=1).mean().item()
+    sqrt_abar = model.denoiser.alphas_cumprod.sqrt().cpu()
+    t = int((sqrt_abar - cos).abs()[1:].argmin()) + 1  # t >= 1: the denoiser always acts
+    counts = codebook_usage(indices.cpu(), rate.K).numpy()
+    pmf = pmf_from_histogram(counts)
+    p = counts / counts.sum()
+    entropy = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+    return {
+        "rate": rate_index,
+        "cos": round(cos, 5),
+        "t": t,
+        "used_codes": int((counts > 0).sum()),
+        "K": rate.K,
+        "entropy_bits_per_code": round(entropy, 4),
+        "pmf": pmf.astype(np.float32),
+    }

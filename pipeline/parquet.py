@@ -1,0 +1,163 @@
+"""The Parquet output of ``encode-shards``: one file per input shard, one row per sample.
+
+Every sample of a shard has exactly one row, ``status`` "ok" (with its bitstream) or "error"
+(with ``error_message``), so a table of outputs answers "what happened to key X" without
+the logs. The schema is fixed here and nowhere else; ``docs/pipeline.md`` has the table.
+
+Row groups: rows are buffered and written in groups of ``ROW_GROUP_ROWS`` rows or
+``ROW_GROUP_BYTES`` of bitstreams, whichever comes first. Why these sizes: a shard holds
+thousands of small images (bitstreams of 0.1-10 kB), so a shard file is a few MB and one or
+a few row groups keep the footer small and let readers prune by statistics, while bounding
+the writer's buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+ROW_GROUP_ROWS = 4096
+ROW_GROUP_BYTES = 64 << 20
+
+SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # WebDataset key (path up to first dot)
+        pa.field("shard", pa.string(), nullable=False),  # input shard URL
+        pa.field("index_in_shard", pa.int32(), nullable=False),  # position, 0-based
+        pa.field("status", pa.string(), nullable=False),  # "ok" or "error"
+        pa.field("error_message", pa.string()),  # null when ok
+        pa.field("rate_index", pa.int8()),  # ladder index used (null on error)
+        pa.field("nominal_bpp", pa.float64()),  # the rate's nominal bpp
+        pa.field("measured_bpp", pa.float64()),  # 8 * bitstream_bytes / (width * height)
+        pa.field("pseudo_timestep", pa.int16()),  # the rate's t_r
+        pa.field("width", pa.int32()),  # after EXIF orientation
+        pa.field("height", pa.int32()),
+        pa.field("source_format", pa.string()),  # Pillow format name: JPEG, PNG, ...
+        pa.field("source_mode", pa.string()),  # Pillow mode before RGB: RGB, RGBA, I;16, CMYK
+        pa.field("source_frames", pa.int32()),  # > 1: an animation, first frame coded
+        pa.field("source_bytes", pa.int64()),  # size of the image field in the tar
+        pa.field("source_sha256", pa.string()),  # hex digest of the image field
+        pa.field("bitstream", pa.binary()),  # the OSCAR bitstream (null on error)
+        pa.field("bitstream_bytes", pa.int32()),
+        pa.field("model_id", pa.string()),  # hex, as in the bitstream header
+        pa.field("codec_version", pa.string()),
+        pa.field("metadata", pa.string()),  # JSON object: the sample's other fields
+        pa.field("encode_ms", pa.float32()),  # model time per image (batch time / batch)
+    ],
+    metadata={"oscar.schema_version": SCHEMA_VERSION},
+)
+COLUMNS = tuple(SCHEMA.names)
+
+
+class ShardParquetWriter:
+    """Writes rows to a local Parquet file with the fixed schema (a context manager).
+
+    Rows are dicts with any subset of ``COLUMNS`` (missing -> null); unknown keys are a
+    programming error and raise. The file is complete only after ``close()``.
+    """
+
+    def __init__(self, path: str, *, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+        self.path = path
+        self.rows_written = 0
+        self._row_group_rows = row_group_rows
+        self._buffer: list[dict[str, Any]] = []
+        self._buffer_bytes = 0
+        # zstd: the bitstreams are already entropy coded, but keys, metadata JSON and the
+        # repeated strings compress well; dictionaries for the low-cardinality columns.
+        self._writer = pq.ParquetWriter(
+            path,
+            SCHEMA,
+            compression="zstd",
+            use_dictionary=["shard", "status", "source_format", "source_mode", "model_id"],
+        )
+
+    def write(self, row: dict[str, Any]) -> None:
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown Parquet columns {sorted(unknown)}")
+        self._buffer.append(row)
+        self._buffer_bytes += len(row.get("bitstream") or b"") + len(row.get("metadata") or "")
+        if len(self._buffer) >= self._row_group_rows or self._buffer_bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
+        self._writer.write_table(table, row_group_size=len(self._buffer))
+        self.rows_written += len(self._buffer)
+        self._buffer, self._buffer_bytes = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def __enter__(self) -> ShardParquetWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def local_copy(url: str) -> Iterator[str]:
+    """A local path holding the object at ``url`` (a download for s3, the file itself
+    otherwise). Why download: Parquet readers seek to the footer; the S3 stream does not."""
+    loc = storage.parse_url(url)
+    if loc.scheme == "file":
+        yield loc.path
+        return
+    fd, tmp = tempfile.mkstemp(prefix="oscar-", suffix=".parquet")
+    try:
+        with os.fdopen(fd, "wb") as out, storage.open_read(url) as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def check_schema(schema: pa.Schema, url: str) -> None:
+    """Raise ValueError unless ``schema`` has every column of ours with the same type."""
+    for name in COLUMNS:
+        idx = schema.get_field_index(name)
+        if idx < 0:
+            raise ValueError(f"{url}: not an OSCAR shard Parquet (missing column {name!r})")
+        if not schema.field(idx).type.equals(SCHEMA.field(name).type):
+            raise ValueError(
+                f"{url}: column {name!r} has type {schema.field(idx).type}, "
+                f"expected {SCHEMA.field(name).type}"
+            )
+
+
+def iter_row_batches(
+    url: str, columns: list[str] | None = None, batch_rows: int = 256
+) -> Iterator[list[dict[str, Any]]]:
+    """Stream a shard Parquet as lists of row dicts (bounded memory: ``batch_rows`` rows)."""
+    with local_copy(url) as path:
+        pf = pq.ParquetFile(path)
+        check_schema(pf.schema_arrow, url)
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            yield batch.to_pylist()
+
+
+def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
+    """A whole shard Parquet as a pyarrow Table (for tests, reports and small shards)."""
+    with local_copy(url) as path:
+        table = pq.read_table(path, columns=columns)
+    if columns is None:
+        check_schema(table.schema, url)
+    return table

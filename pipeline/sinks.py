@@ -1,0 +1,177 @@
+"""Decoded images out: WebDataset tar shards or plain files, under safe, contained paths.
+
+A sample key comes from a Parquet file, which may have been written by anyone: it is
+untrusted. ``safe_key`` accepts only relative POSIX paths that stay inside the output
+directory and rejects the rest with a reason (the caller records it as a failed row).
+Rejecting rather than rewriting: a rewritten ``../x`` could silently collide with a real
+key ``x``, and the user can fix a key they can see in the report.
+
+Both sinks take ``add(key, {ext: bytes})`` and write ``<key>.<ext>`` entries:
+
+* ``TarSink``: one tar per decoded Parquet, written to a local temp file, then published
+  with ``storage.atomic_put_file`` (a reader never sees half a shard);
+* ``FileSink``: one file per entry under ``<out>/<name>/`` (local or s3); locally, the
+  resolved path is checked to stay under the root even through symlinks.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tarfile
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+from . import storage
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}  # --format -> Pillow format
+MAX_KEY_CHARS = 1024
+MAX_COMPONENT_BYTES = 255  # the usual filesystem name limit
+
+
+class UnsafeKey(ValueError):
+    """A key (or field extension) that cannot be written safely; the message says why."""
+
+
+def _check_chars(text: str, what: str) -> None:
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise UnsafeKey(f"{what} {text!r} contains control character {bad!r}")
+    if "\\" in text:
+        raise UnsafeKey(f"{what} {text!r} contains a backslash")
+
+
+def safe_key(key: object) -> str:
+    """Return ``key`` if it is a safe relative path for ``<key>.<ext>``, else raise UnsafeKey.
+
+    Rejected: non-strings, empty keys, NUL and other control characters, backslashes,
+    absolute paths, ``.``/``..``/empty components, a drive prefix (``C:``), components over
+    255 bytes, and a ``.`` in the last component (WebDataset would split the key there).
+    """
+    if not isinstance(key, str) or not key:
+        raise UnsafeKey(f"key {key!r} is empty or not a string")
+    if len(key) > MAX_KEY_CHARS:
+        raise UnsafeKey(f"key of {len(key)} characters exceeds {MAX_KEY_CHARS}")
+    _check_chars(key, "key")
+    if key.startswith("/"):
+        raise UnsafeKey(f"key {key!r} is an absolute path")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafeKey(f"key {key!r} has an empty, '.' or '..' path component")
+    if len(parts[0]) >= 2 and parts[0][1] == ":":
+        raise UnsafeKey(f"key {key!r} starts with a drive prefix")
+    if any(len(p.encode("utf-8")) > MAX_COMPONENT_BYTES for p in parts):
+        raise UnsafeKey(f"key {key!r} has a path component over {MAX_COMPONENT_BYTES} bytes")
+    if "." in parts[-1]:
+        raise UnsafeKey(f"key {key!r} has a '.' in its last component")
+    return key
+
+
+def safe_ext(ext: object) -> str:
+    """A field extension (``jpg``, ``seg.png``, ``json``) that stays one file name."""
+    if not isinstance(ext, str) or not ext or "/" in ext or ext.startswith("."):
+        raise UnsafeKey(f"field extension {ext!r} is empty or contains a path separator")
+    _check_chars(ext, "field extension")
+    return ext
+
+
+def encode_image(image: np.ndarray, fmt: str) -> bytes:
+    """(H, W, 3) uint8 -> file bytes in ``fmt`` (png lossless; jpg/webp at quality 95)."""
+    if fmt not in FORMATS:
+        raise ValueError(f'Invalid format "{fmt}", should be one of {sorted(FORMATS)}')
+    buf = io.BytesIO()
+    options = {"quality": 95} if fmt in ("jpg", "webp") else {}
+    Image.fromarray(image).save(buf, FORMATS[fmt], **options)
+    return buf.getvalue()
+
+
+class _Sink:
+    """Shared bookkeeping: key checks, duplicate detection, bytes written."""
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()
+        self.bytes_out = 0
+
+    def _entries(self, key: str, files: dict[str, bytes]) -> list[tuple[str, bytes]]:
+        key = safe_key(key)
+        if key in self._keys:
+            raise UnsafeKey(f"duplicate key {key!r}: an earlier row already wrote it")
+        entries = [(f"{key}.{safe_ext(ext)}", data) for ext, data in files.items()]
+        self._keys.add(key)
+        self.bytes_out += sum(len(d) for _, d in entries)
+        return entries
+
+
+class TarSink(_Sink):
+    """A WebDataset shard at ``url``: members ``<key>.<ext>``, grouped by key, in order."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        fd, self._tmp = tempfile.mkstemp(prefix="oscar-sink-", suffix=".tar")
+        os.close(fd)
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
+
+    def add(self, key: str, files: dict[str, bytes]) -> None:
+        for name, data in self._entries(key, files):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible shards
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        """Finish the tar and publish it atomically; the temp file is always removed."""
+        try:
+            self._tar.close()
+            storage.atomic_put_file(self.url, self._tmp)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if not self._tar.closed:
+            self._tar.close()
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+
+class FileSink(_Sink):
+    """Files ``<root>/<key>.<ext>`` (local directory or s3 prefix)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__()
+        self.root = root.rstrip("/")
+        self._loc = storage.parse_url(self.root)
+        if self._loc.scheme == "file":
+            os.makedirs(self._loc.path, exist_ok=True)
+            self._real_root = os.path.realpath(self._loc.path)
+
+    def add(self, key: str, files: dict[str, bytes]) -> None:
+        entries = self._entries(key, files)
+        for name, data in entries:
+            if self._loc.scheme == "file":
+                path = os.path.join(self._loc.path, *name.split("/"))
+                self._check_contained(path, key)
+                storage.put_bytes(path, data)
+            else:
+                storage.put_bytes(f"{self.root}/{name}", data)
+
+    def _check_contained(self, path: str, key: str) -> None:
+        # Defence in depth: safe_key already forbids "..", but a symlinked directory inside
+        # the output could still point elsewhere.
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self._real_root]) != self._real_root:
+            raise UnsafeKey(f"key {key!r} resolves outside the output directory ({real})")
+
+    def close(self) -> None:
+        """Nothing to publish: each file was written whole."""
+
+    def abort(self) -> None:
+        """Files already written stay (a re-run overwrites them)."""
+
+
+def open_sink(output: str, *, as_files: bool) -> TarSink | FileSink:
+    return FileSink(output) if as_files else TarSink(output)

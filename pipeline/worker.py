@@ -1,0 +1,381 @@
+"""``ShardWorker``: one process, one ``Codec``, shards in and out (the Ray actor class).
+
+The runner wraps this plain class with ``ray.remote(num_cpus=..., num_gpus=...)``; tests may
+also call it directly. The contract, one call per shard::
+
+    encode_shard(EncodeTask) -> ShardResult    tar shard -> Parquet + stats JSON (last)
+    decode_shard(DecodeTask) -> DecodeResult   Parquet -> WebDataset tar or files
+
+Inside ``encode_shard`` two things overlap: a background thread streams the tar from
+storage and decodes images (Pillow releases the GIL), handing chunks over a bounded queue,
+while the caller's thread runs the model (torch releases the GIL too). The queue holds at
+most ``prefetch_chunks`` chunks, so memory stays flat whatever the shard size.
+
+Failure rules: a bad sample is an error row; an image the codec rejects (ValueError) or
+cannot fit in memory is an error row; anything else (storage, a broken device) fails the
+shard, and the runner retries it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from oscar_core import CODEC_VERSION, BitstreamError, Codec, Rate
+
+from . import storage
+from .parquet import ShardParquetWriter, iter_row_batches
+from .report import DecodeResult, ShardResult, now_iso, write_stats
+from .samples import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_PIXELS,
+    Sample,
+    read_samples,
+    restore_field,
+)
+from .sinks import FORMATS, UnsafeKey, encode_image, open_sink, safe_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model_dir: str
+    batch_size: int = 8  # images per model call (same size only)
+    threads: int = 1  # torch intra-op threads of this actor
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    chunk_batches: int = 8  # a chunk of batch_size * chunk_batches samples is grouped by size
+    prefetch_chunks: int = 2  # decoded chunks waiting in the queue
+
+
+@dataclass(frozen=True)
+class EncodeTask:
+    shard: str  # input tar URL
+    name: str  # output stem
+    parquet_url: str
+    stats_url: str
+    rate_index: int
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    parquet: str
+    name: str
+    output: str  # tar URL, or a directory URL when as_files
+    format: str = "png"
+    as_files: bool = False
+    attempt: int = 1
+
+
+def pick_device(gpu_ids: list[Any]) -> str:
+    """cuda when Ray gave this actor a GPU and CUDA works, else cpu.
+
+    Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s), so inside the actor it is cuda:0.
+    """
+    if gpu_ids and torch.cuda.is_available():
+        return "cuda:0"
+    if gpu_ids:
+        log.warning("Ray assigned GPU %s but CUDA is not available here: using the CPU", gpu_ids)
+    return "cpu"
+
+
+def _ray_gpu_ids() -> list[Any]:
+    try:
+        import ray
+    except ImportError:  # the plain class works without Ray (tests, one-off use)
+        return []
+    return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
+
+
+class _Prefetch:
+    """Run ``produce()`` (an iterator) in a daemon thread; iterate its items here.
+
+    The queue is bounded, so the producer runs at most ``depth`` items ahead. An exception in
+    the producer is re-raised in the consumer; leaving the ``with`` early stops the producer.
+    """
+
+    def __init__(self, produce: Callable[[], Iterator[Any]], depth: int) -> None:
+        self._produce = produce
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shard-prefetch", daemon=True)
+        self.wait_seconds = 0.0  # time the consumer spent waiting for the producer
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._produce():
+                if not self._put(item):
+                    return
+            self._put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
+            self._put(_Failure(exc))
+
+    def __enter__(self) -> _Prefetch:
+        self._thread.start()
+        return self
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            t0 = time.perf_counter()
+            item = self._queue.get()
+            self.wait_seconds += time.perf_counter() - t0
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + 60
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            try:  # unblock a producer waiting on a full queue
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        if self._thread.is_alive():  # stuck in a read: it is a daemon, leave it behind
+            log.warning("prefetch thread still busy after 60 s; abandoning it")
+
+
+class ShardWorker:
+    """Holds one Codec for its lifetime; processes one shard per call."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        torch.set_num_threads(max(1, config.threads))
+        self.gpu_ids = _ray_gpu_ids()
+        device = pick_device(self.gpu_ids)
+        self.codec = Codec.from_pretrained(
+            config.model_dir, device=device, batch_size=config.batch_size
+        )
+        self.model_id = self.codec.model_id.hex()
+        log.info("worker pid %d ready on %s (model %s)", os.getpid(), device, self.model_id)
+
+    def describe(self) -> dict[str, Any]:
+        """Where this worker runs: the runner logs it and the tests check GPU pinning."""
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "device": str(self.codec.device),
+            "gpu_ids": [str(g) for g in self.gpu_ids],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "torch_threads": torch.get_num_threads(),
+            "batch_size": self.config.batch_size,
+            "model_id": self.model_id,
+        }
+
+    # -- encode --------------------------------------------------------------------------
+    def encode_shard(self, task: EncodeTask) -> ShardResult:
+        t0 = time.perf_counter()
+        rate = self.codec.ladder[task.rate_index]
+        result = ShardResult(
+            shard=task.shard,
+            name=task.name,
+            parquet=task.parquet_url,
+            rate_index=rate.index,
+            nominal_bpp=rate.nominal_bpp,
+            attempt=task.attempt,
+            model_id=self.model_id,
+            codec_version=CODEC_VERSION,
+            worker=self.describe(),
+        )
+        with tempfile.TemporaryDirectory(prefix="oscar-shard-") as tmp:
+            local = os.path.join(tmp, "shard.parquet")
+            # 1. Stream, decode and code, writing rows in shard order
+            with (
+                ShardParquetWriter(local) as writer,
+                _Prefetch(lambda: self._chunks(task.shard), self.config.prefetch_chunks) as pre,
+            ):
+                for chunk in pre:
+                    for row in self._encode_chunk(chunk, rate, task, result):
+                        writer.write(row)
+            result.wait_seconds = pre.wait_seconds
+            # 2. Publish the Parquet, then the stats JSON: the done marker comes last
+            storage.atomic_put_file(task.parquet_url, local)
+        result.seconds = time.perf_counter() - t0
+        result.finished_at = now_iso()
+        write_stats(task.stats_url, result)
+        log.info(
+            "%s: %d samples (%d errors) in %.1fs",
+            task.name,
+            result.samples,
+            result.errors,
+            result.seconds,
+        )
+        return result
+
+    def _chunks(self, url: str) -> Iterator[list[Sample]]:
+        """Runs in the prefetch thread: the shard's samples in chunks."""
+        size = self.config.batch_size * self.config.chunk_batches
+        with storage.open_read(url) as stream:
+            chunk: list[Sample] = []
+            for sample in read_samples(
+                stream,
+                max_pixels=self.config.max_pixels,
+                max_member_bytes=self.config.max_member_bytes,
+            ):
+                chunk.append(sample)
+                if len(chunk) >= size:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
+    def _encode_chunk(
+        self, chunk: list[Sample], rate: Rate, task: EncodeTask, result: ShardResult
+    ) -> Iterator[dict[str, Any]]:
+        """Code the chunk's good images in same-size batches; yield rows in chunk order."""
+        coded: dict[int, tuple[bytes, float] | str] = {}  # position -> (stream, ms) | error
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for pos, sample in enumerate(chunk):
+            if sample.image is not None:
+                groups[sample.image.shape].append(pos)
+        for positions in groups.values():
+            for i in range(0, len(positions), self.config.batch_size):
+                batch = positions[i : i + self.config.batch_size]
+                coded.update(self._compress(batch, [chunk[p] for p in batch], rate, result))
+        for pos, sample in enumerate(chunk):
+            outcome = coded.get(pos, sample.error or "not coded")
+            yield self._row(sample, task, rate, outcome, result)
+
+    def _compress(
+        self, positions: list[int], samples: list[Sample], rate: Rate, result: ShardResult
+    ) -> dict[int, tuple[bytes, float] | str]:
+        """One model call; if the codec rejects the batch, retry image by image so only
+        the bad image becomes an error row."""
+        t0 = time.perf_counter()
+        try:
+            streams = self.codec.compress([s.image for s in samples], rate.index)
+        except (ValueError, MemoryError, torch.OutOfMemoryError) as exc:
+            if len(samples) == 1:
+                return {positions[0]: f"encode failed: {type(exc).__name__}: {exc}"}
+            out: dict[int, tuple[bytes, float] | str] = {}
+            for pos, sample in zip(positions, samples, strict=True):
+                out.update(self._compress([pos], [sample], rate, result))
+            return out
+        dt = time.perf_counter() - t0
+        result.model_seconds += dt
+        ms = 1000 * dt / len(samples)
+        return {p: (s, ms) for p, s in zip(positions, streams, strict=True)}
+
+    def _row(
+        self,
+        sample: Sample,
+        task: EncodeTask,
+        rate: Rate,
+        outcome: tuple[bytes, float] | str,
+        result: ShardResult,
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "key": sample.key,
+            "shard": task.shard,
+            "index_in_shard": sample.index,
+            "source_format": sample.source_format,
+            "source_mode": sample.source_mode,
+            "source_frames": sample.source_frames,
+            "source_bytes": sample.source_bytes,
+            "source_sha256": sample.source_sha256,
+            "model_id": self.model_id,
+            "codec_version": CODEC_VERSION,
+            "metadata": json.dumps(sample.metadata, ensure_ascii=False, sort_keys=True),
+        }
+        result.samples += 1
+        if isinstance(outcome, str):
+            result.count_error(outcome)
+            return {**row, "status": "error", "error_message": outcome}
+        stream, ms = outcome
+        height, width = sample.image.shape[:2]  # type: ignore[union-attr]
+        result.ok += 1
+        result.source_bytes += sample.source_bytes or 0
+        result.bitstream_bytes += len(stream)
+        result.pixels += width * height
+        return {
+            **row,
+            "status": "ok",
+            "rate_index": rate.index,
+            "nominal_bpp": rate.nominal_bpp,
+            "measured_bpp": 8 * len(stream) / (width * height),
+            "pseudo_timestep": rate.t,
+            "width": width,
+            "height": height,
+            "bitstream": stream,
+            "bitstream_bytes": len(stream),
+            "encode_ms": ms,
+        }
+
+    # -- decode --------------------------------------------------------------------------
+    def decode_shard(self, task: DecodeTask) -> DecodeResult:
+        if task.format not in FORMATS:
+            raise ValueError(f'Invalid format "{task.format}", should be one of {sorted(FORMATS)}')
+        t0 = time.perf_counter()
+        result = DecodeResult(task.parquet, task.name, task.output, attempt=task.attempt)
+        result.worker = self.describe()
+        sink = open_sink(task.output, as_files=task.as_files)
+        columns = ["key", "status", "bitstream", "metadata"]
+        try:
+            for rows in iter_row_batches(task.parquet, columns=columns):
+                self._decode_rows(rows, task.format, sink, result)
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+        result.bytes_out = sink.bytes_out
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _decode_rows(
+        self, rows: list[dict[str, Any]], fmt: str, sink: Any, result: DecodeResult
+    ) -> None:
+        ready = []  # (key, parsed bitstream, carried fields)
+        for row in rows:
+            result.rows += 1
+            if row["status"] != "ok":
+                result.skipped_error_rows += 1
+                continue
+            try:
+                meta = json.loads(row["metadata"] or "{}")
+                fields = {ext: restore_field(v) for ext, v in meta.items() if ext != fmt}
+                key = safe_key(row["key"])  # before the model: no work for a bad key
+                ready.append((key, self.codec.parse(row["bitstream"] or b""), fields))
+            except (BitstreamError, ValueError, TypeError, AttributeError) as exc:
+                result.failures.append((repr(row["key"])[:200], f"{type(exc).__name__}: {exc}"))
+        t0 = time.perf_counter()
+        images = self.codec.decode_parsed([p for _, p, _ in ready]) if ready else []
+        result.model_seconds += time.perf_counter() - t0
+        for (key, _, fields), image in zip(ready, images, strict=True):
+            try:
+                sink.add(key, {fmt: encode_image(image, fmt), **fields})
+                result.decoded += 1
+            except UnsafeKey as exc:
+                result.failures.append((repr(key)[:200], str(exc)))

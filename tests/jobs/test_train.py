@@ -1,0 +1,98 @@
+"""Training job: the whole stage plan on a few synthetic images, resume, and the GAN gradient."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from jobs.train import StageConfig, TrainConfig, Trainer
+from jobs.train_losses import PatchDiscriminator, Stage2Loss
+from oscar_core import Codec, OscarModel, get_config
+from tests.conftest import smooth_image
+
+
+def tiny_run(tmp_path, steps: int = 2, **extra) -> TrainConfig:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    for i in range(6):
+        Image.fromarray(smooth_image(140, 300, seed=i)).save(data / f"img{i}.png")
+    return TrainConfig(
+        data=str(data),
+        out=str(tmp_path / "run"),
+        holdout_every=3,
+        cache_crops=8,
+        fit_crops=4,
+        stage0=StageConfig(steps, 2, 64, 1e-3),
+        stage1=StageConfig(steps, 4, 128, 1e-3),
+        stage2=StageConfig(steps, 2, 64, 1e-4),
+        save_dtype="float32",
+        **extra,
+    )
+
+
+def test_all_stages_write_a_usable_model(tmp_path):
+    cfg = tiny_run(tmp_path)
+    assert Trainer(cfg).run()
+    model_dir = tmp_path / "run" / "model"
+    codec = Codec.from_pretrained(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    fit = config["notes"]["training"]["fit"]
+    assert len(fit) == 8 and all(1 <= row["t"] < 1000 for row in fit)
+    assert [row[2] for row in config["ladder"]] == [row["t"] for row in fit]  # refitted t_r
+    assert config["autoencoder"]["scaling_factor"] != 1.0  # fitted after stage 0
+    pmf = codec.model.pmf(0)
+    assert torch.isclose(pmf.sum(), torch.tensor(1.0), atol=1e-4)
+    image = smooth_image(50, 70)
+    decoded = codec.decompress(codec.compress([image], 3))[0]
+    assert decoded.shape == (50, 70, 3)
+
+
+def test_stage_stops_on_time_limit_and_resumes(tmp_path):
+    cfg = tiny_run(tmp_path, steps=1)
+    cfg.stage0 = StageConfig(4, 2, 64, 1e-3, max_minutes=1e-9)  # stop after the first step
+    assert not Trainer(cfg).run()
+    state = torch.load(tmp_path / "run" / "ckpt" / "stage0.pt", weights_only=True)
+    assert state["step"] == 1
+    cfg.stage0.max_minutes = None
+    assert Trainer(cfg).run()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stage0"]["steps"] == 4 and (tmp_path / "run" / "ckpt" / "stage2.done").exists()
+
+
+def test_adversarial_gradient_reaches_the_generator():
+    torch.manual_seed(0)
+    model = OscarModel(get_config("oscar-tiny"))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        z0 = model.autoencoder.encode(x)
+    x_u8 = ((x + 1) * 127.5).round().to(torch.uint8)
+    loss = Stage2Loss(model, PatchDiscriminator(), x_u8, z0, 2, torch.device("cpu"))
+    out = model(x, 7, z0=z0)
+    loss.generator_adv(out["x_hat"]).backward()
+    unet_grads = [p.grad for p in model.denoiser.parameters() if p.grad is not None]
+    hyper_grads = [p.grad for p in model.hypers[7].parameters() if p.grad is not None]
+    assert unet_grads and any(float(g.abs().sum()) > 0 for g in unet_grads)
+    assert hyper_grads and any(float(g.abs().sum()) > 0 for g in hyper_grads)
+
+
+def test_unknown_config_field(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"nope": 1}))
+    try:
+        TrainConfig.from_json(path)
+    except ValueError as exc:
+        assert "nope" in str(exc)
+    else:
+        raise AssertionError("unknown field accepted")
+
+
+def test_crop_sampler_is_seeded():  # noqa: D103
+    from jobs.train_data import CropSampler
+
+    imgs = [smooth_image(80, 90, seed=1)]
+    a, b = CropSampler(imgs, seed=3).batch(2, 64), CropSampler(imgs, seed=3).batch(2, 64)
+    assert torch.equal(a, b) and a.shape == (2, 3, 64, 64)
+    assert np.isclose(float(a.max()), 1.0, atol=0.05) or float(a.max()) <= 1.0
