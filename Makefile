@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow lint format demo clean
+.PHONY: setup test test-slow lint format demo bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ format: setup
 
 demo: setup
 	$(VENV)/bin/oscar demo
+
+# The full benchmark (minutes; run on an otherwise idle machine): docs/benchmarks/bench.{json,md}
+bench: setup
+	$(VENV)/bin/oscar bench
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -141,6 +141,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model=args.model, out=args.output)
 
 
+# -- eval: OSCAR vs classic codecs at matched bpp (jobs/eval.py; heavy imports lazily) ----
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jobs.eval import run_eval
+
+    return run_eval(
+        args.images,
+        model=args.model,
+        out=args.out,
+        rates=args.rates,
+        codecs=args.codecs,
+        metrics=args.metrics,
+        limit=args.limit,
+        lpips_weights=args.lpips_weights,
+        downscales=args.downscales,
+        threads=args.threads,
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from jobs.train import main_train
 
@@ -188,8 +206,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(fn=cmd_train)
 
+    # -- eval (handler cmd_eval above; see docs/eval.md)
+    p = add("eval", cmd_eval, "OSCAR vs JPEG/WebP/AVIF/JXL/HEIC at matched bpp, with metrics")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or directories")
+    p.add_argument("--out", required=True, metavar="DIR", help="results directory")
+    p.add_argument("--rates", default=None, help="ladder indices or bpp, e.g. 0,3,7 (all)")
+    p.add_argument("--codecs", default=None, help="e.g. jpeg,avif (all that work here)")
+    p.add_argument("--metrics", default=None, help="psnr,ms-ssim,ssimulacra2,flip,cvvdp,lpips")
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--lpips-weights", default=None, metavar="PATH", help="local AlexNet/LPIPS")
+    p.add_argument("--downscales", default=None, help="variants when out of reach (2,4)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    # -- bench: benchmarks -> bench.json + bench.md (jobs/bench.py, imported when it runs) ---
+    def cmd_bench(args: argparse.Namespace) -> int:
+        from jobs.bench import main_bench
+
+        return main_bench(args)
+
+    p = add("bench", cmd_bench, "benchmark the codec and the pipeline (bench.json + bench.md)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 image at 256 px, 1 rate")
+    p.add_argument("--out", default="docs/benchmarks", metavar="DIR")
+    p.add_argument("--images", default=None, metavar="DIR", help="default: jobs/samples")
+    p.add_argument("--sections", default=None, help="e.g. 1,2,3,7 (default: all, 1..8)")
+    p.add_argument("--rates", default=None, help="ladder indices, e.g. 0,3,7 (default: all)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per figure")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    # -- end bench
+
     p = add("demo", cmd_demo, "compress + decompress the bundled samples at every rate")
     p.add_argument("-o", "--output", default="out/demo", metavar="OUT_DIR")
+
+    # -- shard jobs: encode-shards, decode-shards, status (handlers in jobs/shards_cli.py,
+    #    which imports Ray/pyarrow only when a command runs)
+    from jobs.shards_cli import add_shard_commands
+
+    add_shard_commands(sub, add)
     return parser
 
 

@@ -95,7 +95,9 @@ class Trainer:
         self.train_sampler = CropSampler(train, seed=config.seed)
         self.held_sampler = CropSampler(held, seed=config.seed + 1)
         log.info("data: %d train / %d held-out images from %s", len(train), len(held), config.data)
-        (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        (self.out / "train_config.json").write_text(
+            json.dumps(dataclasses.asdict(config), indent=2)
+        )
         self.summary: dict = self._read_summary()
 
     # -- generic stage loop ------------------------------------------------------------
@@ -139,17 +141,27 @@ class Trainer:
                 averages[k] = 0.98 * averages.get(k, v) + 0.02 * v
             bar.set_postfix({k: f"{v:.4f}" for k, v in averages.items()})
             if step % 50 == 0:
-                log.info("%s step %d %s", name, step, json.dumps({k: round(v, 5) for k, v in averages.items()}))
+                log.info(
+                    "%s step %d %s",
+                    name,
+                    step,
+                    json.dumps({k: round(v, 5) for k, v in averages.items()}),
+                )
             minutes = (time.monotonic() - t0) / 60
             if time.monotonic() - last_save > 300:
                 save(step + 1)
                 last_save = time.monotonic()
             if cfg.max_minutes and minutes >= cfg.max_minutes and step + 1 < cfg.steps:
                 save(step + 1)
-                log.info("%s: stopped at step %d after %.1f min; re-run to resume", name, step + 1, minutes)
+                log.info(
+                    "%s: stopped at step %d after %.1f min; re-run to resume",
+                    name,
+                    step + 1,
+                    minutes,
+                )
                 return False
         elapsed = elapsed_before + time.monotonic() - t0
-        self.summary[name] = {"steps": cfg.steps, "wall_s": round(elapsed, 1),
+        self.summary[name] = {"steps": max(cfg.steps, start), "wall_s": round(elapsed, 1),
                               "final_losses": {k: round(v, 5) for k, v in averages.items()}}  # fmt: skip
         self._checkpoint_model()
         done_marker.write_text(json.dumps(self.summary[name]))
@@ -224,7 +236,9 @@ class Trainer:
         _, z0 = self._latent_cache(self.held_sampler, self.cfg.fit_crops, 256, "held")
         self.model.eval()
         rows = [fit_rate(self.model, r, z0.to(self.device)) for r in range(len(self.model.ladder))]
-        self.model.config.ladder = [[r.ss, r.K, row["t"]] for r, row in zip(self.model.ladder, rows, strict=True)]
+        self.model.config.ladder = [
+            [r.ss, r.K, row["t"]] for r, row in zip(self.model.ladder, rows, strict=True)
+        ]
         self.model.ladder = self.model.config.rate_ladder()
         for r, row in enumerate(rows):
             self.model.set_pmf(r, torch.from_numpy(row.pop("pmf")))
@@ -234,7 +248,9 @@ class Trainer:
 
     def stage2(self) -> bool:
         cfg = self.cfg.stage2
-        x_all, z0_all = self._latent_cache(self.train_sampler, self.cfg.cache_crops, cfg.crop, "train")
+        x_all, z0_all = self._latent_cache(
+            self.train_sampler, self.cfg.cache_crops, cfg.crop, "train"
+        )
         self.model.autoencoder.requires_grad_(False)
         disc = PatchDiscriminator().to(self.device)
         loss = Stage2Loss(self.model, disc, x_all, z0_all, cfg.batch, self.device, self.cfg.seed)
@@ -266,7 +282,11 @@ def _lr_factor(step: int, total: int) -> float:
 
 
 def main_train(config_path: str | None, **overrides) -> int:
-    cfg = TrainConfig.from_json(config_path, **overrides) if config_path else TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    cfg = (
+        TrainConfig.from_json(config_path, **overrides)
+        if config_path
+        else TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    )
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(Path(cfg.out) / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

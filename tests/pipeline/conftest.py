@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +27,25 @@ REPO = Path(__file__).resolve().parents[2]
 LOCAL_S3 = REPO / "infra" / "local_s3"
 
 
+# Tests get their own server: a fresh state directory per session (a state dir left by a
+# killed run can wedge radosgw's start-up), a port away from the demo's 7480, and memstore
+# (no 20 GiB sparse file). OSCAR_S3_DIR / OSCAR_S3_PORT set by the user win.
+_TEST_S3_ENV = {
+    "OSCAR_S3_DIR": os.environ.get("OSCAR_S3_DIR")
+    or tempfile.mkdtemp(prefix="oscar-test-s3-", dir=os.environ.get("TMPDIR", "/tmp")),
+    "OSCAR_S3_PORT": os.environ.get("OSCAR_S3_PORT", "7580"),
+    "OSCAR_S3_OBJECTSTORE": os.environ.get("OSCAR_S3_OBJECTSTORE", "memstore"),
+}
+
+
 def _run(cmd: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(LOCAL_S3), cmd], capture_output=True, text=True, timeout=timeout, check=False
+        [str(LOCAL_S3), cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **_TEST_S3_ENV},
     )
 
 
@@ -98,3 +115,44 @@ def s3_bucket(s3_env: dict[str, str]) -> Iterator[str]:
     finally:
         storage.reset_s3_client()  # a test may have swapped credentials
         _empty_and_delete_bucket(bucket)
+
+
+# ----------------------------------------------------------------- shard pipeline fixtures
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random-init, seeded ``oscar-tiny`` model saved as a model directory."""
+    from oscar_core import Codec
+
+    path = tmp_path_factory.mktemp("model") / "oscar-tiny"
+    Codec.from_config("oscar-tiny", seed=0).model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_env: dict[str, str]) -> Iterator[str]:
+    """One local Ray for the whole session: 127.0.0.1, 2 CPUs and 2 *fake* GPUs.
+
+    Depends on ``s3_env`` on purpose: Ray's worker processes inherit the environment of the
+    process that starts Ray, so the S3 endpoint and dev credentials must be set first. The
+    fake GPUs let one instance serve both the CPU tests (``gpus_per_worker=0``) and the GPU
+    pinning test. Yields the GCS address, for drivers started as subprocesses.
+    """
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to 127.0.0.1 (before import)
+    mp.setenv("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="WARNING",
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        mp.undo()

@@ -1,0 +1,181 @@
+"""Shared pieces of ``oscar bench``: the timing helper, the run context, result rows.
+
+Timing: ``measure(fn)`` runs ``fn`` ``warmup`` times untimed, then ``repeats`` times timed
+with ``time.perf_counter``, and reports the median (and min / max). Every figure of the
+benchmark is such a median; a per-image figure is the median of a run over all images
+divided by their count.
+
+A section is a function ``section_<name>(ctx) -> dict``. The dict always holds ``title``,
+``status`` (``pass`` / ``miss`` / ``info`` / ``not run: ...``), ``measured`` and ``goal``
+(short texts for the summary row), ``shortfall`` and ``reason`` (when missed), ``figures``
+(headline numbers, all positive) and ``tables`` (for bench.md; dropped from bench.json).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QUICK_CROP = 256  # --quick: one image, centre-cropped to this side
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of ``repeats`` timed runs after ``warmup`` untimed ones."""
+
+    median: float
+    min: float
+    max: float
+    repeats: int
+
+    def per(self, n: int) -> float:
+        """Median seconds per item when one run processed ``n`` items."""
+        return self.median / max(1, n)
+
+    def to_dict(self, n: int = 1) -> dict[str, float | int]:
+        return {
+            "median_s": self.median / n,
+            "min_s": self.min / n,
+            "max_s": self.max / n,
+            "repeats": self.repeats,
+        }
+
+
+def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    if repeats < 1:
+        raise ValueError(f'Invalid repeats "{repeats}", should be >= 1')
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return Timing(statistics.median(times), min(times), max(times), repeats)
+
+
+@dataclass
+class BenchContext:
+    """What every section gets: the model, the images, the rates and the run settings."""
+
+    model_dir: Path
+    codec: Any  # oscar_core.Codec (imported lazily)
+    images: list[np.ndarray]  # (H, W, 3) uint8
+    image_names: list[str]
+    rates: list[int]  # rate indices profiled (section 2, 7)
+    repeats: int
+    warmup: int
+    quick: bool
+    threads: int
+    batch_sizes: tuple[int, ...]
+    work_dir: Path  # scratch space (shards, Parquets), removed after the run
+    cache: dict[str, Any] = field(default_factory=dict)  # results shared between sections
+
+    @property
+    def sample_rates(self) -> list[int]:
+        """The expensive sections (1, 3) run at the lowest and highest profiled rate."""
+        return sorted({self.rates[0], self.rates[-1]})
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1000 * seconds, 3)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A table cell: numbers to ``digits`` significant digits, None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    if isinstance(value, int) or abs(value) >= 10 ** (digits - 1):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.0f}"
+    return f"{value:.{digits}g}"
+
+
+def table(title: str, headers: list[str], rows: list[list[Any]]) -> dict[str, Any]:
+    return {"title": title, "headers": headers, "rows": [[fmt(c) for c in r] for r in rows]}
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "miss"
+
+
+def not_run(title: str, goal: str, why: str, todo: str) -> dict[str, Any]:
+    """A section that could not run: never a number, always the reason and what is left."""
+    return {
+        "title": title,
+        "status": f"not run: {why}",
+        "measured": None,
+        "goal": goal,
+        "shortfall": None,
+        "reason": None,
+        "todo": todo,
+        "figures": {},
+        "tables": [],
+    }
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float | None:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return None if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def load_images(directory: Path, quick: bool) -> tuple[list[np.ndarray], list[str]]:
+    """RGB arrays of every image in ``directory`` (sorted); --quick: the first one, cropped
+    to 256x256. Images of different sizes are centre-cropped to the smallest common size."""
+    from PIL import Image
+
+    from oscar_core.images import to_rgb_array
+
+    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
+    paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in exts)
+    if not paths:
+        raise ValueError(f"{directory}: no images ({', '.join(sorted(exts))})")
+    if quick:
+        paths = paths[:1]
+    images, names = [], []
+    for path in paths:
+        with Image.open(path) as img:
+            img.load()
+            arr = to_rgb_array(img)
+        if quick:
+            arr = centre_crop(arr, QUICK_CROP)
+        images.append(arr)
+        names.append(path.name)
+    # Batches need one size: mixed sizes are centre-cropped to the smallest common one.
+    h = min(a.shape[0] for a in images)
+    w = min(a.shape[1] for a in images)
+    if any(a.shape[:2] != (h, w) for a in images):
+        images = [centre_crop_hw(a, h, w) for a in images]
+    return images, names
+
+
+def centre_crop(arr: np.ndarray, side: int) -> np.ndarray:
+    return centre_crop_hw(arr, side, side)
+
+
+def centre_crop_hw(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    ch, cw = min(height, h), min(width, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(arr[top : top + ch, left : left + cw])
+
+
+def cycle_batches(images: list[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    """Every image once, in batches of ``batch``; the last batch is filled up by cycling
+    from the start, so every batch is full (``len(images) < batch`` repeats images)."""
+    n = math.ceil(len(images) / batch) * batch
+    items = [images[i % len(images)] for i in range(n)]
+    return [items[i : i + batch] for i in range(0, n, batch)]

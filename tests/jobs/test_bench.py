@@ -1,0 +1,192 @@
+"""``oscar bench``: a quick run of the codec sections on a tiny random model, and the DDIM
+decoder of section 1 checked on its own (50 UNet calls, from t_r down to t = 0, and the same
+numbers as diffusers' stock DDIM loop where that loop can express the trajectory).
+
+The bench run happens once per module, in this process (the imports are paid once), with
+one torch thread; the previous thread count is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jobs import cli
+from jobs.bench import parse_sections
+from jobs.bench_codec import DDIM_STEPS, DDIMDecoder
+from oscar_core import Codec
+from tests.conftest import smooth_image
+
+SECTIONS = [1, 2, 3, 7]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest, and on a busy 2-core machine far faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    Codec.from_config("oscar-tiny", seed=0).model.save_pretrained(tmp / "m")
+    (tmp / "images").mkdir()
+    Image.fromarray(smooth_image(64, 64, seed=3)).save(tmp / "images" / "synthetic.png")
+    rc = cli.main(
+        ["bench", "--quick", "--model", str(tmp / "m"), "--images", str(tmp / "images")]
+        + ["--out", str(tmp / "out"), "--sections", ",".join(map(str, SECTIONS))]
+        + ["--threads", "1"]
+    )
+    return rc, tmp / "out"
+
+
+def test_writes_json_and_markdown(bench_run):
+    rc, out = bench_run
+    assert rc == 0
+    data = json.loads((out / "bench.json").read_text())
+    md = (out / "bench.md").read_text()
+    assert [s["section"] for s in data["sections"]] == SECTIONS
+    for s in data["sections"]:
+        assert s["status"] in {"pass", "miss", "info"}, (s["section"], s["status"])
+        assert s["title"] in md
+        assert "tables" not in s  # tables go to the markdown only
+    assert "## Summary" in md and "QUICK MODE" in md
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    assert [ln.split("|")[1].strip() for ln in summary.splitlines() if ln.startswith("| ")][1:] == [
+        str(n) for n in SECTIONS
+    ]
+    assert data["quick"] is True
+    machine = data["machine"]
+    assert machine["cpu_model"] and machine["cpu_cores"] >= 1
+    assert machine["torch_threads"] == 1
+    for dist in ("torch", "compressai", "diffusers"):
+        assert machine["versions"][dist]
+    assert data["date"] and data["settings"]["repeats"] == 2
+    assert data["images"]["sizes"] == [[64, 64]]
+
+
+def test_figures_positive_and_finite(bench_run):
+    _, out = bench_run
+    data = json.loads((out / "bench.json").read_text())
+    for s in data["sections"]:
+        assert s["figures"], s["section"]
+        for name, value in s["figures"].items():
+            assert isinstance(value, int | float), (s["section"], name, value)
+            assert math.isfinite(value) and value > 0, (s["section"], name, value)
+
+
+def test_section_contents(bench_run):
+    _, out = bench_run
+    sections = {s["section"]: s for s in json.loads((out / "bench.json").read_text())["sections"]}
+    one = next(iter(sections[1]["per_rate"].values()))
+    assert one["unet_calls"] == DDIM_STEPS and one["ddim_end_t"] == 0
+    assert one["ideal_ratio"] > 1 and one["ratio"] > 1
+    assert sections[2]["bottleneck"] in sections[2]["stage_notes"]
+    assert sections[2]["best_batch"] in (1, 2)
+    peer = sections[3]
+    assert peer["bmshj2018_hyperprior"]["encode_s"] > 0
+    assert {"JPEG", "WEBP", "AVIF"} <= set(peer["pillow"])
+    gain = next(iter(sections[7]["per_rate"].values()))
+    assert gain["pmf_uniform"] is True  # a random model ships uniform pmfs
+    assert gain["fixed_bits_per_image"] == gain["symbols_per_image"] * math.ceil(
+        math.log2(gain["K"])
+    )
+    assert sections[7]["status"] == "miss" and "uniform" in sections[7]["reason"]
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return Codec.from_config("oscar-tiny", seed=0)
+
+
+def test_ddim_calls_the_unet_50_times_down_to_zero(codec):
+    rate = codec.ladder[3]
+    streams = codec.compress([smooth_image(64, 64, seed=1)], rate.index)
+    calls: list[int] = []
+
+    def hook(module, args, kwargs, output):
+        calls.append(int(args[1][0]) if len(args) > 1 else int(kwargs["timestep"][0]))
+
+    handle = codec.model.denoiser.unet.register_forward_hook(hook, with_kwargs=True)
+    try:
+        ddim = DDIMDecoder(codec)
+        with torch.inference_mode():
+            images = ddim.decode(streams)
+    finally:
+        handle.remove()
+    assert len(calls) == DDIM_STEPS == 50
+    assert calls[0] == rate.t and all(a > b > 0 for a, b in zip(calls, calls[1:], strict=False))
+    assert ddim.last_trajectory == {"unet_timesteps": calls, "end_t": 0}
+    sched, taus = ddim.scheduler(rate.t)
+    assert taus[0] == 0 and taus[-1] == rate.t
+    # the last step lands on abar(0) of the model's schedule, not on "clean" (abar = 1)
+    assert float(sched.alphas_cumprod[0]) == float(codec.model.denoiser.alphas_cumprod[0])
+    assert images[0].shape == (64, 64, 3) and images[0].dtype == np.uint8
+
+
+def test_ddim_matches_stock_diffusers_loop_on_an_integer_grid(codec):
+    """t_r = 500: the trajectory 500, 490, ..., 10 -> 0 is also stock DDIM with 100 steps."""
+    from diffusers import DDIMScheduler
+
+    den = codec.model.denoiser
+    cfg = den.config
+    stock = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    stock.set_timesteps(100)
+    torch.manual_seed(0)
+    x_t = torch.randn(1, 4, 8, 8)
+    tokens = den.embedding[None]
+    with torch.inference_mode():
+        ours = DDIMDecoder(codec).sample(x_t, 500)
+        x = x_t
+        for t in [int(t) for t in stock.timesteps if 0 < t <= 500]:
+            v = den.unet(x, torch.tensor([t]), encoder_hidden_states=tokens).sample
+            x = stock.step(v, t, x).prev_sample
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-5)
+
+
+def test_parse_sections():
+    assert parse_sections(None) == list(range(1, 9))
+    assert parse_sections("7,1, 2") == [1, 2, 7]
+    for bad in ("9", "0", "a", ","):
+        with pytest.raises(ValueError):
+            parse_sections(bad)
+
+
+def test_pipeline_sections_say_not_run_when_pipeline_is_missing(monkeypatch, tmp_path):
+    from jobs import bench_pipeline
+    from jobs.bench_common import BenchContext
+
+    monkeypatch.setattr(bench_pipeline, "pipeline_api", lambda: (None, "pipeline missing (x)"))
+    ctx = BenchContext(
+        model_dir=tmp_path,
+        codec=None,
+        images=[],
+        image_names=[],
+        rates=[3],
+        repeats=1,
+        warmup=0,
+        quick=True,
+        threads=1,
+        batch_sizes=(1,),
+        work_dir=tmp_path,
+    )
+    for fn in (bench_pipeline.section_efficiency, bench_pipeline.section_memory):
+        res = fn(ctx)
+        assert res["status"] == "not run: pipeline missing (x)"
+        assert res["figures"] == {} and res["measured"] is None and res["todo"]
