@@ -126,7 +126,7 @@ def encode_summary(results: list[ShardResult], wall_seconds: float) -> dict[str,
         "mean_bpp": round(8 * out / pixels, 5) if pixels else None,
         "wall_seconds": round(wall_seconds, 3),
         "images_per_s": _rate(samples, wall_seconds),
-        "model_images_per_s": _rate(samples, sum(r.model_seconds for r in results)),
+        "model_images_per_s_per_worker": _rate(samples, sum(r.model_seconds for r in results)),
         "error_kinds": dict(errors.most_common(MAX_ERROR_KINDS)),
     }
 
@@ -156,7 +156,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
     lines = [f"# {report['command']} report", "", f"- output: `{report['out']}`"]
     lines += [f"- started {report['started_at']}, finished {report['finished_at']}"]
-    lines += [f"- shards: {report['shards']}", ""]
+    shards = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["shards"].items())
+    lines += [f"- shards: {shards}", ""]
     lines += _md_table(["metric", "value"], [[k, v] for k, v in s.items() if k != "error_kinds"])
     if s.get("error_kinds"):
         lines += ["", "## Sample errors", ""]

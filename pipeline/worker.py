@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
 from oscar_core import CODEC_VERSION, BitstreamError, Codec, Rate
 
@@ -174,6 +175,10 @@ class ShardWorker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         torch.set_num_threads(max(1, config.threads))
+        # Our header check enforces max_pixels; lift Pillow's own (coarser, process-wide)
+        # bomb limit so it never rejects an image the job's limit allows.
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < config.max_pixels:
+            Image.MAX_IMAGE_PIXELS = config.max_pixels
         self.gpu_ids = _ray_gpu_ids()
         device = pick_device(self.gpu_ids)
         self.codec = Codec.from_pretrained(
