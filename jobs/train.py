@@ -246,6 +246,22 @@ class Trainer:
         self._checkpoint_model()
         log.info("fit: %s", json.dumps(rows))
 
+    def refit_pmfs(self) -> None:
+        """After stage 2 the hyper-encoders have moved: re-estimate the entropy coder's pmfs
+        (t_r stays: the denoiser was trained at those timesteps)."""
+        if "pmf_refit" in self.summary:
+            return
+        _, z0 = self._latent_cache(self.held_sampler, self.cfg.fit_crops, 256, "held")
+        self.model.eval()
+        rows = []
+        for r in range(len(self.model.ladder)):
+            row = fit_rate(self.model, r, z0.to(self.device))
+            self.model.set_pmf(r, torch.from_numpy(row.pop("pmf")))
+            rows.append(row)
+        self.summary["pmf_refit"] = rows
+        self._checkpoint_model()
+        log.info("pmf refit after stage 2: %s", json.dumps(rows))
+
     def stage2(self) -> bool:
         cfg = self.cfg.stage2
         x_all, z0_all = self._latent_cache(
@@ -266,6 +282,7 @@ class Trainer:
         self.fit()
         if not self.stage2():
             return False
+        self.refit_pmfs()
         self.model.eval()
         final = self.out / "model"
         self.model.config.notes = {**self.model.config.notes, "training": self.summary}

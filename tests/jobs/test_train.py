@@ -41,6 +41,7 @@ def test_all_stages_write_a_usable_model(tmp_path):
     config = json.loads((model_dir / "config.json").read_text())
     fit = config["notes"]["training"]["fit"]
     assert len(fit) == 8 and all(1 <= row["t"] < 1000 for row in fit)
+    assert len(config["notes"]["training"]["pmf_refit"]) == 8  # pmfs follow stage 2
     assert [row[2] for row in config["ladder"]] == [row["t"] for row in fit]  # refitted t_r
     assert config["autoencoder"]["scaling_factor"] != 1.0  # fitted after stage 0
     pmf = codec.model.pmf(0)
