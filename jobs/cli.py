@@ -138,7 +138,9 @@ def cmd_rates(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from jobs.demo import run_demo
 
-    return run_demo(model=args.model, out=args.output)
+    return run_demo(
+        model=args.model, out=args.output, codec_only=args.codec_only, workers=args.workers
+    )
 
 
 # -- eval: OSCAR vs classic codecs at matched bpp (jobs/eval.py; heavy imports lazily) ----
@@ -234,14 +236,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     # -- end bench
 
-    p = add("demo", cmd_demo, "compress + decompress the bundled samples at every rate")
+    p = add("demo", cmd_demo, "the shard pipeline end to end on the bundled samples")
     p.add_argument("-o", "--output", default="out/demo", metavar="OUT_DIR")
+    p.add_argument(
+        "--codec-only", action="store_true", help="no servers: every rate in-process, bpp/PSNR"
+    )
+    p.add_argument("--workers", type=int, default=None, help="Ray actors (default: per CPU)")
 
     # -- shard jobs: encode-shards, decode-shards, status (handlers in jobs/shards_cli.py,
     #    which imports Ray/pyarrow only when a command runs)
     from jobs.shards_cli import add_shard_commands
 
     add_shard_commands(sub, add)
+
+    # -- recompress: encode-shards + bytes before/after + quality (jobs/shards_cli.py)
+    from jobs.shards_cli import add_recompress_command
+
+    add_recompress_command(add)
+    # -- end recompress
     return parser
 
 

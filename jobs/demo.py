@@ -1,19 +1,58 @@
-"""The embedded default: compress and decompress the bundled samples at every ladder rate.
+"""The embedded default (``make demo`` / ``oscar demo``): the shard pipeline end to end.
 
-Prints a table (rate, nominal bpp, measured bpp from the file sizes, PSNR, seconds) and
-leaves the bitstreams and decoded PNGs under the output directory.
+    1. start the local S3 server (``infra/local_s3 start``: Ceph radosgw on 127.0.0.1:7480,
+       state in ``.local_s3``; a fresh temp state dir and port if that one will not start)
+       unless one already answers, and a local Ray bound to 127.0.0.1
+    2. pack the bundled samples (``jobs/samples/*.png``) into 2 WebDataset shards in the
+       bucket ``oscar-demo``: each sample is ``<key>.png`` + ``<key>.json`` (the file name)
+       + ``<key>.txt`` (a caption)
+    3. encode-shards with a rates file (shard 0 -> rate 2, shard 1 -> rate 7)
+    4. decode-shards back: as shards to S3 and as files to ``<out>/decoded/``
+    5. print the job report, a per-rate table (measured bpp, PSNR of the decoded files vs
+       the originals) and images/s: model only (the same images through ``Codec.compress``
+       in this process, 1 thread) vs the end-to-end job (Ray + S3 + Parquet)
+    6. stop what it started (Ray; the S3 server if this run started it)
+
+Outputs under ``<out>`` (default ``out/demo/``): ``parquet/`` (the shard Parquets,
+downloaded), ``decoded/`` (PNGs + carried fields), ``job_report.{json,md}``,
+``decoded/decode_report.{json,md}``, ``demo.json`` (every number printed).
+
+``oscar demo --codec-only`` is the quick table without any server: every ladder rate on
+the samples in-process (bpp, PSNR, seconds), bitstreams and PNGs under ``<out>/rate<i>/``.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+REPO = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = Path(__file__).parent / "samples"
+LOCAL_S3 = REPO / "infra" / "local_s3"
+BUCKET = "oscar-demo"
+PREFIX = "demo"  # s3://oscar-demo/demo/{in,enc,dec}/ (redone on every run)
+SHARD_RATES = {"shard-000000.tar": 2, "shard-000001.tar": 7}
+CAPTIONS = {  # the Kodak images' subjects
+    "kodim03": "colourful hats hanging on a wall",
+    "kodim07": "red flowers in a window box by a shuttered window",
+    "kodim15": "a girl with face paint",
+    "kodim23": "two parrots",
+}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -21,12 +60,403 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def run_demo(model: str | None = None, out: str = "out/demo") -> int:
+def _say(msg: str) -> None:
+    print(f"demo: {msg}", flush=True)
+
+
+def _sample_paths() -> list[Path]:
+    paths = sorted(SAMPLES_DIR.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no sample images in {SAMPLES_DIR}")
+    return paths
+
+
+def _load(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+# ----------------------------------------------------------------------- servers
+
+
+def _parse_exports(text: str) -> dict[str, str]:
+    env = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line[len("export ") :].partition("=")
+            env[key.strip()] = value.strip().strip("'\"")
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_s3(cmd: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(LOCAL_S3), cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
+@contextmanager
+def local_s3() -> Iterator[dict[str, str]]:
+    """The local S3 server's AWS_* settings, exported into os.environ; the server is
+    stopped at the end if this call started it."""
+    settings: dict[str, str] = {}  # default state dir .local_s3, port 7480
+    if _local_s3("status", settings, timeout=60).returncode == 0:
+        _say("local S3 already running on 127.0.0.1:7480: using it (left running)")
+        started, tmp_state = False, None
+        proc = _local_s3("env", settings)
+    else:
+        _say("starting the local S3 server (Ceph radosgw, 127.0.0.1:7480; first time ~30 s)")
+        started, tmp_state = True, None
+        proc = _local_s3("start", settings)
+        if proc.returncode != 0:  # a stale state dir can wedge radosgw: a fresh one
+            last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
+            tmp_state = tempfile.mkdtemp(prefix="oscar-demo-s3-")
+            settings = {
+                "OSCAR_S3_DIR": tmp_state,
+                "OSCAR_S3_PORT": str(_free_port()),
+                "OSCAR_S3_OBJECTSTORE": "memstore",
+            }
+            _say(
+                f"default state dir failed ({last[0] if last else 'no output'}); "
+                f"retrying with {tmp_state} on port {settings['OSCAR_S3_PORT']}"
+            )
+            proc = _local_s3("start", settings)
+            if proc.returncode != 0:
+                shutil.rmtree(tmp_state, ignore_errors=True)
+                raise RuntimeError(f"infra/local_s3 start failed:\n{proc.stderr[-3000:]}")
+    env = _parse_exports(proc.stdout)
+    if "AWS_ENDPOINT_URL" not in env:
+        raise RuntimeError(f"infra/local_s3 printed no settings:\n{proc.stdout}{proc.stderr}")
+    os.environ.update(env)  # before Ray starts: its workers inherit the environment
+    from pipeline import storage
+
+    storage.reset_s3_client()
+    try:
+        yield env
+    finally:
+        if started:
+            _say("stopping the local S3 server")
+            _local_s3("stop", settings, timeout=180)
+            if tmp_state:
+                shutil.rmtree(tmp_state, ignore_errors=True)
+
+
+@contextmanager
+def local_ray(workers: int | None) -> Iterator[None]:
+    """A local Ray bound to 127.0.0.1 (no dashboard) for the whole demo; shut down after."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before importing ray
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throw-away local instance
+    import ray
+
+    _say("starting a local Ray on 127.0.0.1")
+    ray.init(
+        num_cpus=workers,  # None: every core (one 1-thread actor per CPU, at most per shard)
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        _say("stopping Ray")
+        ray.shutdown()
+
+
+# ------------------------------------------------------------------------ shards
+
+
+def pack_shards(paths: list[Path], n_shards: int) -> dict[str, bytes]:
+    """WebDataset tars: ``<key>.png`` (the file's bytes) + ``.json`` + ``.txt`` per sample."""
+    shards: dict[str, bytes] = {}
+    per = -(-len(paths) // n_shards)
+    for s in range(n_shards):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for path in paths[s * per : (s + 1) * per]:
+                meta = json.dumps({"file": path.name}).encode()
+                caption = CAPTIONS.get(path.stem, path.stem).encode()
+                for ext, data in (("png", path.read_bytes()), ("json", meta), ("txt", caption)):
+                    info = tarfile.TarInfo(f"{path.stem}.{ext}")
+                    info.size, info.mtime = len(data), 0
+                    tf.addfile(info, io.BytesIO(data))
+        shards[f"shard-{s:06d}.tar"] = buf.getvalue()
+    return shards
+
+
+def _ensure_bucket(name: str) -> None:
+    from pipeline import storage
+
+    client = storage.s3_client()
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    if name not in existing:
+        client.create_bucket(Bucket=name)
+
+
+def _clear_prefix(url: str) -> None:
+    from pipeline import storage
+
+    for obj in storage.list_prefix(url):
+        storage.delete(obj)
+
+
+# ------------------------------------------------------------------------ report
+
+
+def _model_only(codec: Any, images_by_rate: dict[int, list[np.ndarray]]) -> dict[str, Any]:
+    """images/s of ``Codec.compress`` alone on the same images and rates (warm, 1 thread)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = next(iter(images_by_rate.items()))
+        codec.compress(first[1][:1], first[0])  # warm-up (allocations, first-call costs)
+        t0 = time.perf_counter()
+        for rate, images in images_by_rate.items():
+            codec.compress(images, rate)
+        seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    n = sum(len(v) for v in images_by_rate.values())
+    return {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2)}
+
+
+def _rate_table(
+    codec: Any, originals: dict[str, np.ndarray], rows: list[dict], decoded_dir: Path
+) -> list[dict[str, Any]]:
+    """Per rate: measured bpp (from the Parquet rows) and PSNR of the decoded PNG files."""
+    by_rate: dict[int, list[dict]] = {}
+    for row in rows:
+        if row["status"] == "ok":
+            by_rate.setdefault(row["rate_index"], []).append(row)
+    table = []
+    for rate, rs in sorted(by_rate.items()):
+        values = []
+        for r in rs:
+            shard = r["shard"].rsplit("/", 1)[1].removesuffix(".tar")
+            decoded = _load(decoded_dir / shard / f"{r['key']}.png")
+            values.append(psnr(originals[r["key"]], decoded))
+        pixels = sum(r["width"] * r["height"] for r in rs)
+        table.append(
+            {
+                "rate": rate,
+                "nominal_bpp": round(codec.ladder[rate].nominal_bpp, 5),
+                "images": len(rs),
+                "measured_bpp": round(8 * sum(r["bitstream_bytes"] for r in rs) / pixels, 5),
+                "psnr_db": round(float(np.mean(values)), 2),
+            }
+        )
+    return table
+
+
+def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [headers, *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        print("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+# -------------------------------------------------------------------------- demo
+
+
+def _run_jobs(
+    paths: list[Path], base: str, model_dir: str, out_dir: Path, res: Any, endpoint: str
+) -> tuple[list[dict], list[str], dict, dict, dict]:
+    """Steps 1-4 (servers up): shards in, encode, decode twice, outputs home."""
+    from pipeline import storage
+    from pipeline.parquet import read_table
+    from pipeline.runner import DecodeJob, EncodeJob, run_decode, run_encode
+
+    # 1. Shards + rates file in the bucket
+    _ensure_bucket(BUCKET)
+    _clear_prefix(base + "/")
+    shards = pack_shards(paths, len(SHARD_RATES))
+    for name, blob in shards.items():
+        storage.put_bytes(f"{base}/in/{name}", blob)
+    storage.put_bytes(f"{base}/rates.json", json.dumps(SHARD_RATES).encode())
+    _say(
+        f"packed {len(paths)} images into {len(shards)} shards at {base}/in/ "
+        f"(S3 endpoint {endpoint}); rates {SHARD_RATES}"
+    )
+    # 2. Encode
+    _say("encode-shards: starting actors, coding, writing Parquet to S3")
+    encode = run_encode(
+        EncodeJob(
+            src=f"{base}/in/shard-{{000000..{len(shards) - 1:06d}}}.tar",
+            out=f"{base}/enc",
+            model_dir=model_dir,
+            rates_file=f"{base}/rates.json",
+            resources=res,
+            progress=False,
+        )
+    )
+    # 3. Decode: as shards to S3, and as files to the local output directory
+    _say(f"encode-shards done in {encode['summary']['wall_seconds']} s; decode-shards x2")
+    parquets = [f"{base}/enc/*.parquet"]
+    dec_s3 = run_decode(
+        DecodeJob(parquets, f"{base}/dec", model_dir, resources=res, progress=False)
+    )
+    dec_files = run_decode(
+        DecodeJob(
+            parquets,
+            str(out_dir / "decoded"),
+            model_dir,
+            as_files=True,
+            resources=res,
+            progress=False,
+        )
+    )
+    # 4. Bring the Parquets and reports home
+    (out_dir / "parquet").mkdir(exist_ok=True)
+    parquet_urls = [u for u in storage.list_prefix(f"{base}/enc/") if u.endswith(".parquet")]
+    for url in parquet_urls:
+        (out_dir / "parquet" / url.rsplit("/", 1)[1]).write_bytes(storage.read_bytes(url))
+    for name in ("job_report.json", "job_report.md"):
+        (out_dir / name).write_bytes(storage.read_bytes(f"{base}/enc/{name}"))
+    rows = [r for u in parquet_urls for r in read_table(u).drop(["bitstream"]).to_pylist()]
+    dec_tars = [u for u in storage.list_prefix(f"{base}/dec/") if u.endswith(".tar")]
+    return rows, dec_tars, encode, dec_s3, dec_files
+
+
+def run_pipeline_demo(model: str | None, out: str, workers: int | None = None) -> int:
+    from oscar_core import DEFAULT_MODEL_DIR, Codec
+    from pipeline.dispatch import Resources
+
+    t_start = time.perf_counter()
+    model_dir = str(Path(model or DEFAULT_MODEL_DIR).resolve())
+    out_dir = Path(out).resolve()
+    for sub in ("parquet", "decoded"):  # outputs of this run only
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = _sample_paths()
+    originals = {p.stem: _load(p) for p in paths}
+    res = Resources(workers=workers, gpus_per_worker=0, cpus_per_worker=1)
+    base = f"s3://{BUCKET}/{PREFIX}"
+
+    t0 = time.perf_counter()
+    with local_s3() as s3:
+        s3_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with local_ray(workers):
+            ray_seconds = time.perf_counter() - t0
+            rows, dec_tars, encode, dec_s3, dec_files = _run_jobs(
+                paths, base, model_dir, out_dir, res, s3["AWS_ENDPOINT_URL"]
+            )
+    startup = {"s3_seconds": round(s3_seconds, 1), "ray_seconds": round(ray_seconds, 1)}
+    # 5. Numbers (servers are down: nothing below needs them)
+    codec = Codec.from_pretrained(model_dir)
+    rate_rows = _rate_table(codec, originals, rows, out_dir / "decoded")
+    by_rate: dict[int, list[np.ndarray]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            by_rate.setdefault(r["rate_index"], []).append(originals[r["key"]])
+    model_only = _model_only(codec, by_rate)
+    s = encode["summary"]
+    steady = [p["images_per_s"] for p in encode["per_shard"] if p["images_per_s"]]
+    summary = {
+        "model": {"dir": model_dir, "name": codec.model.config.name, "id": codec.model_id.hex()},
+        "images": len(paths),
+        "image_size": "{1}x{0}".format(*originals[paths[0].stem].shape),
+        "encode": {
+            k: s[k]
+            for k in (
+                "images",
+                "images_error",
+                "source_bytes",
+                "bitstream_bytes",
+                "ratio",
+                "mean_bpp",
+                "wall_seconds",
+                "images_per_s",
+                "nodes",
+            )
+            if k in s
+        },
+        "decode_to_s3": {"tars": len(dec_tars), **dec_s3["summary"]},
+        "decode_to_files": dec_files["summary"],
+        "per_rate": rate_rows,
+        "images_per_s": {
+            "model_only": model_only,
+            "end_to_end_encode_shards": s["images_per_s"],
+            "per_shard_in_actor": steady,
+        },
+        "startup": startup,
+        "outputs": str(out_dir),
+        "demo_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    (out_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    # 6. Print
+    print()
+    print(
+        f"model {summary['model']['name']} ({summary['model']['id']}), "
+        f"{len(paths)} images {summary['image_size']}"
+    )
+    print(
+        f"started the local S3 in {startup['s3_seconds']} s and Ray in {startup['ray_seconds']} s "
+        "(not counted in any images/s below)"
+    )
+    print(
+        f"encode-shards: {s['images']} images ({s['images_error']} errors), "
+        f"{s['source_bytes']} -> {s['bitstream_bytes']} bytes (ratio {s['ratio']}), "
+        f"mean {s['mean_bpp']} bpp, {s['wall_seconds']} s, {s['images_per_s']} images/s"
+    )
+    print(
+        f"decode-shards: {dec_s3['summary']['images_decoded']} images to {len(dec_tars)} shards "
+        f"at {base}/dec/, {dec_files['summary']['images_decoded']} to files in {out_dir / 'decoded'}"
+    )
+    for p in encode["per_shard"]:
+        print(
+            f"  {p['shard']}: rate {p['rate']}, {p['images']} images, {p['errors']} errors, "
+            f"{p['seconds']} s in the actor ({p['images_per_s']} images/s), {p['worker']}"
+        )
+    print("per rate (measured bpp from the Parquet rows, PSNR of the decoded PNGs vs originals):")
+    _print_table(
+        ["rate", "nominal bpp", "images", "measured bpp", "PSNR dB"],
+        [
+            [r["rate"], r["nominal_bpp"], r["images"], r["measured_bpp"], r["psnr_db"]]
+            for r in rate_rows
+        ],
+    )
+    print("images/s (encode):")
+    _print_table(
+        ["what", "images/s"],
+        [
+            ["model only: Codec.compress in-process, 1 thread", model_only["images_per_s"]],
+            ["end to end: encode-shards job (actor start, S3, Parquet)", s["images_per_s"]],
+            [
+                "per shard inside an actor (read, decode PNG, code, write)",
+                ", ".join(map(str, steady)),
+            ],
+        ],
+    )
+    print(
+        f"outputs in {out_dir}: parquet/, decoded/ (+ decode_report.md), job_report.md, demo.json"
+    )
+    if codec.model.config.name == "oscar-tiny":
+        print("(oscar-tiny is small and briefly trained: see docs/model-card.md for its quality)")
+    return 0 if not encode["failed"] and not dec_s3["failed"] and not dec_files["failed"] else 1
+
+
+def run_codec_demo(model: str | None = None, out: str = "out/demo") -> int:
+    """Every ladder rate on the samples, in-process (no servers): bpp / PSNR / seconds."""
     from oscar_core import Codec
 
     codec = Codec.from_pretrained(model)
-    paths = sorted(SAMPLES_DIR.glob("*.png"))
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    paths = _sample_paths()
+    images = [_load(p) for p in paths]
     out_dir = Path(out)
     print(f"model {codec.model.config.name} ({codec.model_id.hex()}), {len(images)} images")
     print(f"{'rate':>4} {'nominal':>8} {'measured':>9} {'PSNR dB':>8} {'enc s':>6} {'dec s':>6}")
@@ -57,6 +487,22 @@ def run_demo(model: str | None = None, out: str = "out/demo") -> int:
             f"{row['psnr_db']:>8.2f} {row['encode_s_per_image']:>6.2f} "
             f"{row['decode_s_per_image']:>6.2f}"
         )
-    (out_dir / "demo.json").write_text(json.dumps(rows, indent=2))
+    (out_dir / "codec_demo.json").write_text(json.dumps(rows, indent=2))
     print(f"outputs in {out_dir.resolve()}")
     return 0
+
+
+def run_demo(
+    model: str | None = None,
+    out: str = "out/demo",
+    codec_only: bool = False,
+    workers: int | None = None,
+) -> int:
+    """``oscar demo``: the pipeline demo (servers), or ``codec_only`` (none)."""
+    if codec_only:
+        return run_codec_demo(model, out)
+    try:
+        return run_pipeline_demo(model, out, workers)
+    except KeyboardInterrupt:
+        print("demo: interrupted", file=sys.stderr)
+        return 130

@@ -212,3 +212,70 @@ def add_shard_commands(
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_status)
     _one_line_errors(p, "status")
+
+
+# -- recompress: encode-shards + bytes before/after + quality (pipeline/recompress.py) -----
+
+
+def cmd_recompress(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+
+    def run() -> int:
+        from pipeline.recompress import format_table, human_bytes, run_recompress
+        from pipeline.runner import EncodeJob
+
+        job = EncodeJob(
+            src=args.src,
+            out=args.out,
+            model_dir=args.model,
+            rate=args.rate,
+            rates_file=args.rates_file,
+            batch_size=args.batch_size,
+            max_retries=args.max_retries,
+            overwrite=args.overwrite,
+            limit=args.limit,
+            max_pixels=args.max_pixels,
+            resources=_resources(args),
+            progress=not args.no_progress,
+        )
+        report = run_recompress(job, quality_sample=args.quality_sample)
+        sh, t = report["encode"]["shards"], report["totals"]
+        print(
+            f"recompress: {sh['processed']} shards done now, {sh['done_before']} before, "
+            f"{sh['failed']} failed, {sh['not_run']} not run (of {sh['total']})"
+        )
+        print(format_table(report))
+        print(
+            f"  saved {human_bytes(t['saved_bytes'])} of {human_bytes(t['tar_bytes'])} "
+            f"(tar -> Parquet ratio {t['tar_to_parquet_ratio']}); quality on {t['quality_n']} "
+            f"sampled images: PSNR {t['psnr']} dB, MS-SSIM {t['ms_ssim']}"
+        )
+        print(f"  report: {args.out.rstrip('/')}/recompress_report.md")
+        for name, key, why in report["quality_failures"][:20]:
+            print(f"  quality sample {name}/{key}: {why}", file=sys.stderr)
+        for name, attempts, error in report["failed"]:
+            print(f"  FAILED {name} after {attempts} attempts: {error}", file=sys.stderr)
+        return EXIT_FAILED_SHARDS if report["failed"] else 0
+
+    return _guarded("recompress", run)
+
+
+def add_recompress_command(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """``oscar recompress``: encode-shards' arguments plus ``--quality-sample N``."""
+    p = add("recompress", cmd_recompress, "recompress a WebDataset: encode + size/quality report")
+    p.add_argument("src", metavar="SRC", help="shards: brace range, glob or .txt (local or s3)")
+    p.add_argument("--out", required=True, metavar="DST", help="output dir or s3 prefix")
+    p.add_argument("--rate", help="default rate: ladder index (0..7) or nominal bpp")
+    p.add_argument("--rates-file", metavar="F", help="per-shard rates: JSON or 'pattern = value'")
+    p.add_argument(
+        "--quality-sample",
+        type=int,
+        default=4,
+        metavar="N",
+        help="images per shard decoded and compared (PSNR, MS-SSIM); 0: none (default 4)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo shards already done")
+    p.add_argument("--limit", type=int, help="run at most N pending shards, then stop")
+    p.add_argument("--max-pixels", type=int, default=64_000_000, help="decompression-bomb limit")
+    _add_cluster_args(p)
+    _one_line_errors(p, "recompress")

@@ -127,6 +127,8 @@ def encode_summary(results: list[ShardResult], wall_seconds: float) -> dict[str,
         "wall_seconds": round(wall_seconds, 3),
         "images_per_s": _rate(samples, wall_seconds),
         "model_images_per_s_per_worker": _rate(samples, sum(r.model_seconds for r in results)),
+        # Ray nodes the shards ran on (node ids from the workers' describe(); 0 outside Ray)
+        "nodes": len({r.worker.get("node_id") for r in results} - {None}),
         "error_kinds": dict(errors.most_common(MAX_ERROR_KINDS)),
     }
 

@@ -123,6 +123,7 @@ def _redact(address: str | None) -> str | None:
 
 
 def _check_model(model_dir: str) -> OscarConfig:
+    model_dir = storage.local_model_dir(model_dir)  # s3://...: downloaded once to a cache
     config = OscarModel.config_from_pretrained(model_dir)  # FileNotFoundError / ValueError
     if not os.path.isfile(os.path.join(model_dir, "model.safetensors")):
         raise FileNotFoundError(f"model directory {model_dir}: missing model.safetensors")
@@ -149,7 +150,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
         "codec_version": CODEC_VERSION,
         "src": job.src,
         "out": job.out,
-        "model_dir": os.path.abspath(job.model_dir),
+        "model_dir": job.model_dir if "://" in job.model_dir else os.path.abspath(job.model_dir),
         "model_name": model_config.name,
         "rate_plan": plan.to_dict(),
         "shards": [{"url": u, "name": names[u], "rate_index": rates[u].index} for u in shards],

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import glob
+import hashlib
 import io
 import logging
 import os
@@ -292,6 +293,16 @@ def exists(url: str) -> bool:
     return True
 
 
+def size(url: str) -> int:
+    """Size in bytes of one object/file (StorageError when it is missing)."""
+    loc = parse_url(url)
+    if loc.scheme == "s3":
+        with _s3_errors(url, "head"):
+            return int(s3_client().head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"])
+    with _local_errors(url, "stat"):
+        return os.path.getsize(loc.path)
+
+
 def list_prefix(url: str) -> list[str]:
     """All objects whose name starts with ``url`` (recursive, like an S3 prefix), sorted."""
     loc = parse_url(url)
@@ -404,3 +415,81 @@ def check_writable(url: str) -> None:
             f.write(b"probe")
         os.remove(path)
     log.debug("%s is writable", url)
+
+
+# ------------------------------------------------------------------- model directories
+
+MODEL_CACHE_ENV = "OSCAR_MODEL_CACHE"  # where s3 model directories are cached on a node
+
+
+def model_cache_root() -> str:
+    """``$OSCAR_MODEL_CACHE``, else ``$XDG_CACHE_HOME/oscar/models`` (``~/.cache/...``)."""
+    if os.environ.get(MODEL_CACHE_ENV):
+        return os.environ[MODEL_CACHE_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "oscar", "models")
+
+
+def _s3_objects(bucket: str, prefix: str) -> list[tuple[str, str, int]]:
+    """(key, ETag, size) of every object under ``prefix``, sorted by key."""
+    out = []
+    with _s3_errors(f"s3://{bucket}/{prefix}", "list"):
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                out.append((obj["Key"], str(obj.get("ETag", "")), int(obj.get("Size", 0))))
+    return sorted(out)
+
+
+def local_model_dir(url: Any, cache_root: str | None = None) -> Any:
+    """A local directory holding the model directory at ``url`` (``config.json`` +
+    ``model.safetensors``, or anything else under it).
+
+    A local path is returned as is. For ``s3://bucket/prefix`` every object under
+    ``prefix/`` is downloaded once per node into ``<cache>/<last part>-<digest>/``, where the
+    digest covers the URL and each object's key, ETag and size: a re-uploaded model gets a
+    new directory, an unchanged one is reused without a download (one listing per call).
+    Concurrent callers (several actors on one node) each download to a temp directory and
+    the first rename wins. Keys are checked like untrusted paths (no ``..``).
+    """
+    if not isinstance(url, str):  # a Path (or None: the codec's default model) as is
+        return url
+    loc = parse_url(url)
+    if loc.scheme == "file":
+        return loc.path
+    prefix = loc.key.rstrip("/") + "/" if loc.key.strip("/") else ""
+    objects = [o for o in _s3_objects(loc.bucket, prefix) if not o[0].endswith("/")]
+    if not objects:
+        raise StorageError(url, "no model here (no objects under this prefix)")
+    digest = hashlib.sha256(url.encode())
+    for key, etag, size in objects:
+        digest.update(f"\0{key}\0{etag}\0{size}".encode())
+    name = (loc.key.rstrip("/").rsplit("/", 1)[-1] or loc.bucket) + "-" + digest.hexdigest()[:16]
+    root = cache_root or model_cache_root()
+    target = os.path.join(root, name)
+    if os.path.isfile(os.path.join(target, ".complete")):
+        return target
+    with _local_errors(root, "create model cache"):
+        os.makedirs(root, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-")
+    try:
+        for key, _etag, _size in objects:
+            rel = key[len(prefix) :]
+            parts = rel.split("/")
+            if any(p in ("", ".", "..") for p in parts) or "\\" in rel:
+                raise StorageError(f"s3://{loc.bucket}/{key}", "unsafe key in a model directory")
+            dest = os.path.join(tmp, *parts)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with _s3_errors(f"s3://{loc.bucket}/{key}", "download"):
+                s3_client().download_file(loc.bucket, key, dest)
+        open(os.path.join(tmp, ".complete"), "wb").close()
+        try:
+            os.rename(tmp, target)  # atomic; fails if another caller got there first
+        except OSError:
+            if not os.path.isfile(os.path.join(target, ".complete")):
+                raise
+        else:
+            log.info("downloaded model %s to %s", url, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -102,6 +102,18 @@ def _ray_gpu_ids() -> list[Any]:
     return list(ray.get_gpu_ids()) if ray.is_initialized() else []
 
 
+def _ray_node() -> tuple[str | None, str | None]:
+    """(node id, node IP) of the Ray node this process runs on; (None, None) outside Ray."""
+    try:
+        import ray
+    except ImportError:
+        return None, None
+    if not ray.is_initialized():
+        return None, None
+    ctx = ray.get_runtime_context()
+    return ctx.get_node_id(), ray.util.get_node_ip_address()
+
+
 class _Failure:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
@@ -181,17 +193,21 @@ class ShardWorker:
             Image.MAX_IMAGE_PIXELS = config.max_pixels
         self.gpu_ids = _ray_gpu_ids()
         device = pick_device(self.gpu_ids)
-        self.codec = Codec.from_pretrained(
-            config.model_dir, device=device, batch_size=config.batch_size
+        self.codec = Codec.from_pretrained(  # an s3:// model is cached on this node first
+            storage.local_model_dir(config.model_dir), device=device, batch_size=config.batch_size
         )
         self.model_id = self.codec.model_id.hex()
         log.info("worker pid %d ready on %s (model %s)", os.getpid(), device, self.model_id)
 
     def describe(self) -> dict[str, Any]:
-        """Where this worker runs: the runner logs it and the tests check GPU pinning."""
+        """Where this worker runs: the runner logs it and the tests check GPU pinning and
+        (node_id) that a multi-node job spread its actors over the nodes."""
+        node_id, node_ip = _ray_node()
         return {
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "node_id": node_id,
+            "node_ip": node_ip,
             "device": str(self.codec.device),
             "gpu_ids": [str(g) for g in self.gpu_ids],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),

@@ -1,0 +1,443 @@
+"""Dataset recompression: encode-shards plus what it bought, per shard and in total.
+
+    run_recompress(job, quality_sample=4)  -> report (also <out>/recompress_report.json|.md)
+
+1. ``run_encode(job)``: every shard not yet done (the usual resumable job).
+2. Quality on a sample of every done shard, on the same Ray cluster: ``QualityWorker``
+   actors pick ``quality_sample`` ok rows spread evenly over the shard, stream the source
+   tar up to the last picked sample (decoding only the picked images), check each image
+   field's SHA-256 against the row, decode the bitstreams and compare: PSNR and MS-SSIM
+   (``pytorch_msssim``; reported as null where it is not installed).
+3. Bytes before/after per shard: the tar vs the Parquet (what the dataset costs to store),
+   and the image fields vs the bitstreams (what the codec did).
+
+Why a second pass and not inside encode: the encode worker keeps no decoded images around
+(memory stays flat), and the sample is cheap: a few decodes per shard and one sequential
+read of the tar's head, up to the last picked sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import storage
+from .dispatch import Resources, connect_ray, plan_actors, run_tasks
+from .parquet import read_table
+from .report import STATS_SUFFIX, now_iso, read_stats, write_json
+from .runner import JOB_CONFIG, EncodeJob, join, run_encode
+from .samples import IMAGE_EXTS, SampleError, decode_image, group_by_key, tar_members
+from .worker import ShardWorker, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+REPORT_STEM = "recompress_report"
+DEFAULT_QUALITY_SAMPLE = 4
+PSNR_CAP_DB = 100.0
+
+
+# ------------------------------------------------------------------------- metrics
+
+
+def psnr(ref: np.ndarray, test: np.ndarray) -> float:
+    """PSNR in dB over all pixels and channels, peak 255; capped at 100 dB (identical),
+    so that the JSON report stays standard JSON."""
+    mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
+    return PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10 * math.log10(255.0**2 / mse))
+
+
+def ms_ssim(ref: np.ndarray, test: np.ndarray) -> float | None:
+    """MS-SSIM on RGB, data range 255, 5 scales; None without ``pytorch_msssim``.
+
+    The standard 11-tap window needs the smaller side > 160 px; smaller images use the
+    largest odd window that fits (down to 3 taps, side > 32; not comparable with standard
+    MS-SSIM), and below 33 px the value is NaN.
+    """
+    try:
+        import torch
+        from pytorch_msssim import ms_ssim as _ms_ssim
+    except ImportError:
+        return None
+    side = min(ref.shape[:2])
+    win = next((w for w in (11, 9, 7, 5, 3) if side > (w - 1) * 16), None)
+    if win is None:
+        return math.nan
+    x = torch.from_numpy(np.array(ref)).permute(2, 0, 1)[None].float()
+    y = torch.from_numpy(np.array(test)).permute(2, 0, 1)[None].float()
+    return float(_ms_ssim(x, y, data_range=255.0, win_size=win))
+
+
+def pick_evenly(n_items: int, k: int) -> list[int]:
+    """``k`` positions spread evenly over ``range(n_items)`` (all of them if k >= n)."""
+    if k >= n_items:
+        return list(range(n_items))
+    if k <= 0:
+        return []
+    return sorted({int((i + 0.5) * n_items / k) for i in range(k)})
+
+
+# ----------------------------------------------------------------- quality workers
+
+
+@dataclass(frozen=True)
+class QualityTask:
+    shard: str  # the source tar
+    name: str
+    parquet: str
+    sample: int  # images to compare
+    attempt: int = 1
+
+
+@dataclass
+class ShardQuality:
+    name: str
+    samples: list[dict[str, Any]] = field(default_factory=list)  # key, psnr, ms_ssim, bpp
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
+    seconds: float = 0.0
+
+
+class QualityWorker(ShardWorker):
+    """A ShardWorker (one Codec) that also measures quality on a sample of a shard."""
+
+    def quality_shard(self, task: QualityTask) -> ShardQuality:
+        t0 = time.perf_counter()
+        result = ShardQuality(task.name)
+        columns = ["key", "index_in_shard", "status", "source_sha256", "bitstream"]
+        table = read_table(task.parquet, columns=columns)
+        ok = [r for r in table.to_pylist() if r["status"] == "ok"]
+        picked = {ok[i]["index_in_shard"]: ok[i] for i in pick_evenly(len(ok), task.sample)}
+        if not picked:
+            result.seconds = time.perf_counter() - t0
+            return result
+        sources = self._read_sources(task.shard, picked)
+        ready = []  # (row, source image, parsed bitstream)
+        for index, row in sorted(picked.items()):
+            source = sources.get(index)
+            if isinstance(source, str):
+                result.failures.append((row["key"], source))
+                continue
+            try:
+                ready.append((row, source, self.codec.parse(row["bitstream"])))
+            except ValueError as exc:  # BitstreamError is a ValueError
+                result.failures.append((row["key"], f"bitstream: {exc}"))
+        decoded = self.codec.decode_parsed([p for _, _, p in ready]) if ready else []
+        for (row, source, _), image in zip(ready, decoded, strict=True):
+            h, w = source.shape[:2]
+            result.samples.append(
+                {
+                    "key": row["key"],
+                    "width": w,
+                    "height": h,
+                    "bpp": 8 * len(row["bitstream"]) / (w * h),
+                    "psnr": psnr(source, image),
+                    "ms_ssim": ms_ssim(source, image),
+                }
+            )
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _read_sources(self, url: str, picked: dict[int, dict]) -> dict[int, Any]:
+        """index -> the source image (as coded: EXIF-oriented RGB) or why it is missing.
+
+        Streams the tar only up to the last picked sample; only picked images are decoded.
+        """
+        out: dict[int, Any] = {}
+        last = max(picked)
+        with storage.open_read(url) as stream:
+            members = tar_members(stream, max_member_bytes=self.config.max_member_bytes)
+            for raw in group_by_key(members):
+                if raw.index > last:
+                    break
+                row = picked.get(raw.index)
+                if row is None:
+                    continue
+                if raw.key != row["key"]:
+                    out[raw.index] = f"source changed: key {raw.key!r} at index {raw.index}"
+                    continue
+                data = next((raw.fields[e] for e in IMAGE_EXTS if e in raw.fields), None)
+                if data is None or hashlib.sha256(data).hexdigest() != row["source_sha256"]:
+                    out[raw.index] = "source changed since encoding (SHA-256 differs)"
+                    continue
+                try:
+                    out[raw.index] = decode_image(data, max_pixels=self.config.max_pixels).array
+                except SampleError as exc:
+                    out[raw.index] = f"source: {exc}"
+        for index in picked:
+            out.setdefault(index, "source sample not found in the shard")
+        return out
+
+
+def measure_quality(
+    tasks: list[QualityTask], config: WorkerConfig, res: Resources, *, max_retries: int = 1
+) -> tuple[dict[str, ShardQuality], list[tuple[QualityTask, str]]]:
+    """Run ``QualityWorker.quality_shard`` over the tasks on Ray (connected by the caller
+    or here); returns ({name: quality}, failures)."""
+    import ray
+    from tqdm import tqdm
+
+    started = connect_ray(res.address)
+    try:
+        n, options, threads = plan_actors(res, len(tasks))
+        actor_cls = ray.remote(**options)(QualityWorker)
+        wconf = WorkerConfig(config.model_dir, batch_size=config.batch_size, threads=threads)
+        results, failures, _ = run_tasks(
+            tasks,
+            method="quality_shard",
+            make_actor=lambda: actor_cls.remote(wconf),
+            n_actors=n,
+            max_retries=max_retries,
+            backoff_s=1.0,
+            bar=tqdm(total=len(tasks), unit="shard", desc="quality", disable=True),
+        )
+    finally:
+        if started:
+            ray.shutdown()
+    return {q.name: q for q in results}, failures
+
+
+# ------------------------------------------------------------------------ the job
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return round(sum(finite) / len(finite), 4) if finite else None
+
+
+def _ratio(a: int | None, b: int | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE) -> dict[str, Any]:
+    """encode-shards, then bytes before/after and quality per shard; writes
+    ``<out>/recompress_report.json`` and ``.md`` and returns the report."""
+    if quality_sample < 0:
+        raise ValueError(f'Invalid quality_sample "{quality_sample}"')
+    t0 = time.perf_counter()
+    res = job.resources or Resources()
+    started = connect_ray(res.address)  # one Ray for both passes
+    try:
+        encode = run_encode(job)
+        config = _read_config(job.out)
+        listing = set(storage.list_prefix(join(job.out, "")))
+        done = [s for s in config["shards"] if join(job.out, s["name"] + STATS_SUFFIX) in listing]
+        with ThreadPoolExecutor(16) as pool:  # small GETs and HEADs: latency bound
+            stats = list(
+                pool.map(lambda s: read_stats(join(job.out, s["name"] + STATS_SUFFIX)), done)
+            )
+            tar_bytes = list(pool.map(lambda s: _size(s["url"]), done))
+            pq_bytes = list(pool.map(lambda s: _size(join(job.out, s["name"] + ".parquet")), done))
+        quality: dict[str, ShardQuality] = {}
+        quality_failed: list[tuple[QualityTask, str]] = []
+        if quality_sample and done:
+            tasks = [
+                QualityTask(
+                    s["url"], s["name"], join(job.out, s["name"] + ".parquet"), quality_sample
+                )
+                for s, st in zip(done, stats, strict=True)
+                if st.ok
+            ]
+            wconf = WorkerConfig(
+                job.model_dir, batch_size=job.batch_size, max_pixels=job.max_pixels
+            )
+            if tasks:
+                quality, quality_failed = measure_quality(tasks, wconf, res)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    rows = []
+    for s, st, tb, pb in zip(done, stats, tar_bytes, pq_bytes, strict=True):
+        q = quality.get(s["name"])
+        rows.append(
+            {
+                "shard": s["name"],
+                "rate": st.rate_index,
+                "images": st.samples,
+                "errors": st.errors,
+                "tar_bytes": tb,
+                "parquet_bytes": pb,
+                "image_bytes": st.source_bytes,
+                "bitstream_bytes": st.bitstream_bytes,
+                "ratio": _ratio(st.source_bytes, st.bitstream_bytes),
+                "bpp": round(8 * st.bitstream_bytes / st.pixels, 5) if st.pixels else None,
+                "quality_n": len(q.samples) if q else 0,
+                "psnr": _mean([x["psnr"] for x in q.samples]) if q else None,
+                "ms_ssim": _mean([x["ms_ssim"] for x in q.samples]) if q else None,
+            }
+        )
+    samples = [x for q in quality.values() for x in q.samples]
+    total = {
+        k: sum(r[k] or 0 for r in rows)
+        for k in (
+            "images",
+            "errors",
+            "tar_bytes",
+            "parquet_bytes",
+            "image_bytes",
+            "bitstream_bytes",
+        )
+    }
+    totals = {
+        "shards": len(rows),
+        **total,
+        "saved_bytes": total["tar_bytes"] - total["parquet_bytes"],
+        "tar_to_parquet_ratio": _ratio(total["tar_bytes"], total["parquet_bytes"]),
+        "ratio": _ratio(total["image_bytes"], total["bitstream_bytes"]),
+        "bpp": _mean_bpp(stats),
+        "quality_n": len(samples),
+        "psnr": _mean([x["psnr"] for x in samples]),
+        "ms_ssim": _mean([x["ms_ssim"] for x in samples]),
+    }
+    report = {
+        "command": "recompress",
+        "out": job.out,
+        "finished_at": now_iso(),
+        "quality_sample": quality_sample,
+        "ms_ssim_available": _has_msssim(),
+        "encode": {"shards": encode["shards"], "summary": encode["summary"]},
+        "totals": totals,
+        "per_shard": rows,
+        "quality_samples": {n: q.samples for n, q in sorted(quality.items())},
+        "quality_failures": [
+            [n, k, why] for n, q in sorted(quality.items()) for k, why in q.failures
+        ]
+        + [[t.name, "*", e] for t, e in quality_failed],
+        "failed": encode["failed"],
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json(join(job.out, REPORT_STEM + ".json"), report)
+    storage.atomic_put(join(job.out, REPORT_STEM + ".md"), report_markdown(report).encode())
+    return report
+
+
+def _read_config(out: str) -> dict[str, Any]:
+    from .report import read_json
+
+    return read_json(join(out, JOB_CONFIG))
+
+
+def _size(url: str) -> int | None:
+    try:
+        return storage.size(url)
+    except storage.StorageError as exc:  # a report detail: the shard may have moved
+        log.warning("%s", exc)
+        return None
+
+
+def _mean_bpp(stats: list[Any]) -> float | None:
+    pixels = sum(s.pixels for s in stats)
+    return round(8 * sum(s.bitstream_bytes for s in stats) / pixels, 5) if pixels else None
+
+
+def _has_msssim() -> bool:
+    try:
+        import pytorch_msssim  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------ printing
+
+
+def human_bytes(n: int | None) -> str:
+    """1234567 -> "1.23 MB" (decimal units, 3 significant digits)."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
+
+
+def _num(v: Any, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+TABLE_HEADERS = [
+    "shard",
+    "rate",
+    "images",
+    "errors",
+    "tar",
+    "parquet",
+    "images",
+    "bitstreams",
+    "ratio",
+    "bpp",
+    "PSNR dB",
+    "MS-SSIM",
+    "n",
+]
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per shard, then the total row (strings, ready to print)."""
+
+    def row(name: str, r: dict[str, Any]) -> list[str]:
+        return [
+            name,
+            str(r.get("rate", "")),
+            str(r["images"]),
+            str(r["errors"]),
+            human_bytes(r["tar_bytes"]),
+            human_bytes(r["parquet_bytes"]),
+            human_bytes(r["image_bytes"]),
+            human_bytes(r["bitstream_bytes"]),
+            _num(r["ratio"], ".1f"),
+            _num(r["bpp"], ".4f"),
+            _num(r["psnr"], ".2f"),
+            _num(r["ms_ssim"], ".4f"),
+            str(r["quality_n"]),
+        ]
+
+    return [row(r["shard"], r) for r in report["per_shard"]] + [row("total", report["totals"])]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The per-shard table as aligned plain text (what the command prints)."""
+    rows = [TABLE_HEADERS, *table_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADERS))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    t = report["totals"]
+    lines = ["# recompress report", "", f"- output: `{report['out']}`"]
+    lines += [f"- finished {report['finished_at']}, {report['wall_seconds']} s"]
+    lines += [
+        f"- {t['shards']} shards, {t['images']} images ({t['errors']} errors): "
+        f"{human_bytes(t['tar_bytes'])} of tars -> {human_bytes(t['parquet_bytes'])} of Parquet "
+        f"(saved {human_bytes(t['saved_bytes'])}); image fields {human_bytes(t['image_bytes'])} -> "
+        f"bitstreams {human_bytes(t['bitstream_bytes'])} (ratio {t['ratio']}), {t['bpp']} bpp"
+    ]
+    lines += [
+        f"- quality on {t['quality_n']} sampled images ({report['quality_sample']} per shard, "
+        f"spread evenly): PSNR {t['psnr']} dB, MS-SSIM {t['ms_ssim']}"
+        + ("" if report["ms_ssim_available"] else " (pytorch_msssim not installed)"),
+        "",
+    ]
+    lines += ["| " + " | ".join(TABLE_HEADERS) + " |", "|" + "---|" * len(TABLE_HEADERS)]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+    if report["quality_failures"]:
+        lines += ["", "## Quality samples that could not be compared", ""]
+        lines += ["| shard | key | why |", "|---|---|---|"]
+        lines += [f"| {n} | {k} | {why} |" for n, k, why in report["quality_failures"]]
+    if report["failed"]:
+        lines += ["", "## Failed shards (not in the table)", ""]
+        lines += [f"- {n} after {a} attempts: {e}" for n, a, e in report["failed"]]
+    return "\n".join(lines) + "\n"
