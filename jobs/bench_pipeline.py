@@ -492,16 +492,6 @@ def section_memory(ctx: BenchContext) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 8. S3
 
 
-def _parse_env(text: str) -> dict[str, str]:
-    env = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line[len("export ") :].partition("=")
-            env[key.strip()] = value.strip().strip("'\"")
-    return env
-
-
 class S3Unavailable(RuntimeError):
     """The local S3 server could not be started or reached."""
 
@@ -527,7 +517,9 @@ def local_s3() -> Iterator[dict[str, Any]]:
             f"infra/local_s3 {cmd} failed (rc {proc.returncode}): "
             + (errors or proc.stderr.strip().splitlines() or ["no output"])[-1]
         )
-    env = _parse_env(proc.stdout)
+    from pipeline import storage
+
+    env = storage.parse_env_exports(proc.stdout)
     info.update(started=not running, endpoint=env.get("AWS_ENDPOINT_URL"))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

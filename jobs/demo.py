@@ -79,16 +79,6 @@ def _load(path: Path) -> np.ndarray:
 # ----------------------------------------------------------------------- servers
 
 
-def _parse_exports(text: str) -> dict[str, str]:
-    env = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line[len("export ") :].partition("=")
-            env[key.strip()] = value.strip().strip("'\"")
-    return env
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,12 +125,12 @@ def local_s3() -> Iterator[dict[str, str]]:
             if proc.returncode != 0:
                 shutil.rmtree(tmp_state, ignore_errors=True)
                 raise RuntimeError(f"infra/local_s3 start failed:\n{proc.stderr[-3000:]}")
-    env = _parse_exports(proc.stdout)
+    from pipeline import storage
+
+    env = storage.parse_env_exports(proc.stdout)
     if "AWS_ENDPOINT_URL" not in env:
         raise RuntimeError(f"infra/local_s3 printed no settings:\n{proc.stdout}{proc.stderr}")
     os.environ.update(env)  # before Ray starts: its workers inherit the environment
-    from pipeline import storage
-
     storage.reset_s3_client()
     try:
         yield env

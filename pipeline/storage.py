@@ -493,3 +493,14 @@ def local_model_dir(url: Any, cache_root: str | None = None) -> Any:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def parse_env_exports(text: str) -> dict[str, str]:
+    """``export KEY=VALUE`` lines (as ``infra/local_s3 start|env`` prints them) -> a dict."""
+    env = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line[len("export ") :].partition("=")
+            env[key.strip()] = value.strip().strip("'\"")
+    return env

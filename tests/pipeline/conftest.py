@@ -49,17 +49,6 @@ def _run(cmd: str, timeout: float) -> subprocess.CompletedProcess[str]:
     )
 
 
-def parse_env_lines(text: str) -> dict[str, str]:
-    """``export KEY=VALUE`` lines (as printed by ``infra/local_s3 env``) to a dict."""
-    env = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line[len("export ") :].partition("=")
-            env[key.strip()] = value.strip().strip("'\"")
-    return env
-
-
 @pytest.fixture(scope="session")
 def s3_env() -> Iterator[dict[str, str]]:
     """The local S3 server's environment (endpoint, dev credentials), set in os.environ."""
@@ -76,7 +65,7 @@ def s3_env() -> Iterator[dict[str, str]]:
             f"{errors[-1] if errors else ''}\n--- output tail ---\n{proc.stderr[-6000:]}",
             pytrace=False,
         )
-    env = parse_env_lines(proc.stdout)
+    env = storage.parse_env_exports(proc.stdout)
     if "AWS_ENDPOINT_URL" not in env:
         pytest.fail(f"infra/local_s3 start printed no env lines:\n{proc.stdout}", pytrace=False)
 
