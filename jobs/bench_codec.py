@@ -129,11 +129,7 @@ class DDIMDecoder:
         cfg = den.config
         # The model's schedule, as diffusers builds it: must be the denoiser's abar.
         self.base = DDIMScheduler(
-            num_train_timesteps=cfg.num_train_timesteps,
-            beta_start=cfg.beta_start,
-            beta_end=cfg.beta_end,
-            beta_schedule=cfg.beta_schedule,
-            prediction_type=cfg.prediction_type,
+            **cfg.schedule_kwargs(),
             clip_sample=False,
             set_alpha_to_one=False,
         )

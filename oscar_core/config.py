@@ -64,6 +64,16 @@ class DenoiserConfig:
     beta_schedule: str = "scaled_linear"
     prediction_type: str = "v_prediction"
 
+    def schedule_kwargs(self) -> dict[str, Any]:
+        """Arguments for a diffusers scheduler with the base model's DDPM schedule."""
+        return {
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "beta_schedule": self.beta_schedule,
+            "prediction_type": self.prediction_type,
+        }
+
     def unet_kwargs(self) -> dict[str, Any]:
         """Arguments for ``UNet2DConditionModel(**kwargs)`` (4 -> 4 channels)."""
         head = self.attention_head_dim

@@ -63,13 +63,7 @@ class OneStepDenoiser(nn.Module):
         self.embedding = nn.Parameter(
             torch.randn(config.num_tokens, config.cross_attention_dim) * 0.02
         )
-        scheduler = DDPMScheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_start=config.beta_start,
-            beta_end=config.beta_end,
-            beta_schedule=config.beta_schedule,
-            prediction_type=config.prediction_type,
-        )
+        scheduler = DDPMScheduler(**config.schedule_kwargs())
         # (T,) float32; a buffer so it follows .to(device) but is not saved (derived)
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float(), persistent=False)
         self.lora_groups: dict[str, list[str]] = {}
