@@ -416,8 +416,6 @@ def stage_profile(ctx: BenchContext, rate_index: int, batch: int) -> dict[str, A
                 rate_index=rate_index,
                 height=h,
                 width=w,
-                latent_h=ph // 8,
-                latent_w=pw // 8,
                 rms=tuple(float(v) for v in rms[b]),
             )
             out.append(bitstream.pack(header, coder.encode(idx[b])))

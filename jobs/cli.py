@@ -92,6 +92,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from oscar_core import BitstreamError, bitstream
+    from oscar_core.images import padded_size
 
     codec = _load_codec(args)
     try:
@@ -102,6 +103,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     on_ladder = header.rate_index < len(codec.ladder)
     rate = codec.ladder[header.rate_index] if on_ladder else None
+    latent_shape = None
+    if rate is not None:  # derived from (H, W) and the rate's padding rule, as the decoder does
+        ph, pw = padded_size(header.height, header.width, codec.model.pad_multiple(rate.index))
+        latent_shape = [4, ph // 8, pw // 8]
     info = {
         "file": args.file,
         "format_version": header.version,
@@ -109,7 +114,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "payload_bytes": len(payload),
         "width": header.width,
         "height": header.height,
-        "latent_shape": [4, header.latent_h, header.latent_w],
+        "latent_shape": latent_shape,
         "rate_index": header.rate_index,
         "nominal_bpp": round(rate.nominal_bpp, 6) if rate else None,
         "measured_bpp": round(8 * len(data) / (header.width * header.height), 6),

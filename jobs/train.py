@@ -59,6 +59,14 @@ class TrainConfig:
     stage1: StageConfig = field(default_factory=lambda: StageConfig(1500, 16, 256, 1e-3))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(1500, 4, 128, 2e-4))
     save_dtype: str = "float16"  # dtype of the shipped weights
+    # Refinement of a trained model (base = its directory): stage 1 trains only these
+    # hyper-encoders (None: all); stage0.steps = 0 skips stage 0 and keeps the latent scale.
+    rates: list[int] | None = None
+    # Codebook diversity: weight of (1 - normalised entropy of the soft code assignment) for
+    # the rates listed (None: all), in stages 1 and 2. Counters dead codes in small codebooks.
+    diversity: float = 0.0
+    diversity_rates: list[int] | None = None
+    diversity_temperature: float = 0.1
 
     @classmethod
     def from_json(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -179,8 +187,8 @@ class Trainer:
     # -- stages -----------------------------------------------------------------------
     def stage0(self) -> bool:
         cfg, ae = self.cfg.stage0, self.model.autoencoder
-        if ae.config.pretrained_dir:
-            return True  # a pretrained VAE (SD-2.1) is used as is
+        if ae.config.pretrained_dir or cfg.steps == 0:
+            return True  # a pretrained VAE (SD-2.1) or a trained base is used as is
 
         def step(_: int) -> dict:
             x = self.train_sampler.batch(cfg.batch, cfg.crop).to(self.device)
@@ -215,19 +223,39 @@ class Trainer:
         cfg = self.cfg.stage1
         _, z0_all = self._latent_cache(self.train_sampler, self.cfg.cache_crops, cfg.crop, "train")
         rng = np.random.default_rng(self.cfg.seed + 11)
+        rates = self.stage1_rates()
+        hypers = [self.model.hypers[r] for r in rates]
         self.model.hypers.train()
 
         def step(_: int) -> dict:
             z0 = z0_all[rng.integers(len(z0_all), size=cfg.batch)].to(self.device)
-            align, commit = 0.0, 0.0
-            for hyper in self.model.hypers:  # all rates share the batch
+            align, commit, div = 0.0, 0.0, 0.0
+            for r, hyper in zip(rates, hypers, strict=True):  # all rates share the batch
                 z_tilde, _, c = hyper(z0)
                 align = align - cosine_per_position(z_tilde, z0)
                 commit = commit + c
-            n = len(self.model.hypers)
-            return {"total": (align + commit) / n, "cos": -align / n, "commit": commit / n}
+                div = div + self.diversity_loss(r, z0)
+            n = len(hypers)
+            total = (align + commit + div) / n
+            return {"total": total, "cos": -align / n, "commit": commit / n, "div": div / n}
 
-        return self.run_stage("stage1", cfg, list(self.model.hypers.parameters()), step)
+        params = [p for hyper in hypers for p in hyper.parameters()]
+        return self.run_stage("stage1", cfg, params, step)
+
+    def stage1_rates(self) -> list[int]:
+        n = len(self.model.ladder)
+        rates = list(range(n)) if self.cfg.rates is None else sorted(set(self.cfg.rates))
+        if not rates or not all(0 <= r < n for r in rates):
+            raise ValueError(f"rates {self.cfg.rates} must be indices of the {n}-rate ladder")
+        return rates
+
+    def diversity_loss(self, rate_index: int, z0: torch.Tensor) -> torch.Tensor | float:
+        """w * (1 - H(p)/log K) for the rates diversity applies to, else 0."""
+        listed = self.cfg.diversity_rates
+        if self.cfg.diversity <= 0 or (listed is not None and rate_index not in listed):
+            return 0.0
+        hyper = self.model.hypers[rate_index]
+        return self.cfg.diversity * (1 - hyper.code_entropy(z0, self.cfg.diversity_temperature))
 
     def fit(self) -> None:
         """Refit t_r per rate and the entropy coder's pmfs on held-out crops."""
@@ -269,7 +297,8 @@ class Trainer:
         )
         self.model.autoencoder.requires_grad_(False)
         disc = PatchDiscriminator().to(self.device)
-        loss = Stage2Loss(self.model, disc, x_all, z0_all, cfg.batch, self.device, self.cfg.seed)
+        loss = Stage2Loss(self.model, disc, x_all, z0_all, cfg.batch, self.device, self.cfg.seed,
+                          extra_loss=self.diversity_loss)  # fmt: skip
         params = list(self.model.denoiser.parameters()) + list(self.model.hypers.parameters())
         self.model.denoiser.train()
         self.model.hypers.train()

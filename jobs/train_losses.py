@@ -69,6 +69,7 @@ class Stage2Loss:
         device: torch.device,
         seed: int = 0,
         weights: dict | None = None,
+        extra_loss=None,  # (rate_index, z0) -> loss term or 0.0 (e.g. codebook diversity)
     ):
         self.model, self.disc, self.x_all, self.z0_all = model, disc, x_all, z0_all
         self.batch, self.device = batch, device
@@ -76,6 +77,7 @@ class Stage2Loss:
         self.w.update(weights or {})
         self.d_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
         self.rng = np.random.default_rng(seed + 22)
+        self.extra_loss = extra_loss
 
     def __call__(self, step: int) -> dict:
         pick = self.rng.integers(len(self.x_all), size=self.batch)
@@ -91,6 +93,10 @@ class Stage2Loss:
         total = l1 + self.w["ssim"] * s + self.w["latent"] * latent + self.w["align"] * align
         total = total + out["commit"]
         losses = {"l1": l1.detach(), "1-ssim": s.detach(), "latent": latent.detach()}
+        extra = self.extra_loss(rate, z0) if self.extra_loss else 0.0
+        if torch.is_tensor(extra):
+            total = total + extra
+            losses["extra"] = extra.detach()
         if self.w["adv"] > 0 and step >= self.w["adv_start"]:
             self.discriminator_step(x, x_hat.detach())
             g_adv = self.generator_adv(x_hat)

@@ -1,23 +1,25 @@
-"""The OSCAR container format, version 1.
+"""The OSCAR container format, version 2.
 
 One image per stream. All multi-byte integers are big-endian::
 
     off  len  field
     0    2    magic b"OS"
-    2    1    format version (= 1)
+    2    1    format version (= 2)
     3    4    model id: first 4 bytes of SHA-256 over the model's config + weights
     7    1    rate index (0..15; the codec checks it against its ladder)
     8    2    H, original image height in pixels (uint16, >= 1)
     10   2    W, original image width in pixels (uint16, >= 1)
-    12   2    h, padded latent height (uint16, >= 1)
-    14   2    w, padded latent width (uint16, >= 1)
-    16   8    4 x float16: per-channel RMS of z0, the norms the decoder rescales z~ to
-    24   1-5  L, payload length, unsigned LEB128 varint (minimal encoding, L < 2**32)
+    12   8    4 x float16: per-channel RMS of z0, the norms the decoder rescales z~ to
+    20   1-5  L, payload length, unsigned LEB128 varint (minimal encoding, L < 2**32)
     ..   L    payload: rANS bytes of the VQ indices (see ``entropy.py``)
     end  4    CRC-32 (zlib.crc32) over every preceding byte
 
-Overhead: 24 fixed bytes + 1 varint byte (payloads < 128 bytes) + 4 CRC = 29 bytes; at most
-33. The lowest rate produces ~90-byte payloads, so the header is kept this small.
+Overhead: 20 fixed bytes + 1 varint byte (payloads < 128 bytes) + 4 CRC = 25 bytes; at most
+29. The lowest rate produces ~80-byte payloads on a Kodak image, so every header byte shows
+in its bpp (one byte = 0.00002 bpp at 768x512, 1% of rate 0's nominal 0.0020).
+
+Version 1 also stored the padded latent height and width (4 bytes); they follow from
+(H, W) and the rate's padding rule, so version 2 derives them (``Codec.parse``) instead.
 
 Why these choices
     * RMS rather than the L2 norm of each latent channel: the RMS does not grow with the
@@ -31,9 +33,8 @@ Why these choices
       reader checks it after the length checks but before interpreting any field beyond the
       fixed magic/version/length ones, so corruption is reported as corruption rather than
       as whatever odd field value it happens to produce.
-    * Latent dims are stored (not derived) so the decoder can check them against its rate's
-      padding rule; here we only check the model-independent bound: the image is padded to a
-      multiple of 8 (at most 512) pixels and divided by 8, so ceil(H/8) <= h <= ceil(H/8)+64.
+    * Latent dims are derived, not stored: the padding rule is the model's, so a stored copy
+      could only disagree with it (version 1 carried them and rejected any disagreement).
 
 Parsing never allocates or loops based on an unchecked field: the varint loop is bounded by
 5 bytes and the payload is a slice of the input.
@@ -50,27 +51,19 @@ from dataclasses import dataclass
 from oscar_core.errors import BitstreamError
 
 MAGIC = b"OS"
-VERSION = 1
+VERSION = 2
 MODEL_ID_BYTES = 4
 MAX_RATE_INDEX = 15
 MAX_DIM = 0xFFFF  # uint16
-LATENT_FACTOR = 8  # autoencoder downsampling
-MAX_LATENT_PAD = 64  # padding to a multiple of at most 512 px = 64 latent cells
 MAX_PAYLOAD_BYTES = (1 << 32) - 1
 VARINT_MAX_BYTES = 5  # ceil(32 / 7)
 CRC_BYTES = 4
 
-_FIXED = struct.Struct(">2sB4sBHHHH4e")  # magic, version, model id, rate, H, W, h, w, rms
-FIXED_HEADER_BYTES = _FIXED.size  # 24
+_FIXED = struct.Struct(">2sB4sBHH4e")  # magic, version, model id, rate, H, W, rms
+FIXED_HEADER_BYTES = _FIXED.size  # 20
 HEADER_BYTES_MIN = FIXED_HEADER_BYTES + 1  # fixed fields + 1-byte varint
 HEADER_BYTES_MAX = FIXED_HEADER_BYTES + VARINT_MAX_BYTES
-MIN_STREAM_BYTES = HEADER_BYTES_MIN + CRC_BYTES  # empty payload: 29 bytes
-
-
-def latent_range(size: int) -> tuple[int, int]:
-    """Allowed padded latent extents ``(lo, hi)`` for an image side of ``size`` pixels."""
-    lo = -(-size // LATENT_FACTOR)
-    return lo, lo + MAX_LATENT_PAD
+MIN_STREAM_BYTES = HEADER_BYTES_MIN + CRC_BYTES  # empty payload: 25 bytes
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> int:
@@ -93,8 +86,6 @@ class Header:
     rate_index: int
     height: int
     width: int
-    latent_h: int
-    latent_w: int
     rms: tuple[float, float, float, float]
     version: int = VERSION
 
@@ -107,18 +98,9 @@ class Header:
             "rate_index": (0, MAX_RATE_INDEX),
             "height": (1, MAX_DIM),
             "width": (1, MAX_DIM),
-            "latent_h": (1, MAX_DIM),
-            "latent_w": (1, MAX_DIM),
         }
         for name, (lo, hi) in ints.items():
             object.__setattr__(self, name, _check_int(name, getattr(self, name), lo, hi))
-        for side, latent in (("height", "latent_h"), ("width", "latent_w")):
-            lo, hi = latent_range(getattr(self, side))
-            if not lo <= getattr(self, latent) <= hi:
-                raise ValueError(
-                    f"{latent}={getattr(self, latent)} inconsistent with {side}="
-                    f"{getattr(self, side)} (allowed {lo}..{hi})"
-                )
         try:
             rms = tuple(float(v) for v in self.rms)
         except (TypeError, ValueError):
@@ -184,8 +166,6 @@ def pack(header: Header, payload: bytes) -> bytes:
             header.rate_index,
             header.height,
             header.width,
-            header.latent_h,
-            header.latent_w,
             *header.rms,
         )
         + _encode_varint(len(payload))
@@ -207,7 +187,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         raise BitstreamError(f"bad magic {data[:2]!r}, expected {MAGIC!r}")
     if data[2] != VERSION:
         raise BitstreamError(f"unsupported format version {data[2]} (this reader: {VERSION})")
-    # 2. Payload length vs the file length. n >= 29 so the 5 varint bytes at 24 exist.
+    # 2. Payload length vs the file length. n >= 25 so the 5 varint bytes at 20 exist.
     length, nv = _decode_varint(data, FIXED_HEADER_BYTES)
     expected = FIXED_HEADER_BYTES + nv + length + CRC_BYTES
     if n < expected:
@@ -226,17 +206,11 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     if stored != computed:
         raise BitstreamError(f"CRC mismatch: stored {stored:08x}, computed {computed:08x}")
     # 4. Field semantics (a stream with a valid CRC can still be hand-crafted).
-    _, version, model_id, rate, height, width, lat_h, lat_w, *rms = _FIXED.unpack_from(data)
+    _, version, model_id, rate, height, width, *rms = _FIXED.unpack_from(data)
     if rate > MAX_RATE_INDEX:
         raise BitstreamError(f"rate index {rate} outside 0..{MAX_RATE_INDEX}")
     if height == 0 or width == 0:
         raise BitstreamError(f"zero image dimension: {width}x{height}")
-    for side, size, latent in (("height", height, lat_h), ("width", width, lat_w)):
-        lo, hi = latent_range(size)
-        if not lo <= latent <= hi:
-            raise BitstreamError(
-                f"latent {side} {latent} inconsistent with image {side} {size} (allowed {lo}..{hi})"
-            )
     for v in rms:
         if not math.isfinite(v):
             raise BitstreamError(f"non-finite latent RMS {v}")
@@ -248,8 +222,6 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
             rate_index=rate,
             height=height,
             width=width,
-            latent_h=lat_h,
-            latent_w=lat_w,
             rms=tuple(rms),
             version=version,
         )

@@ -113,8 +113,6 @@ class Codec:
                 rate_index=rate.index,
                 height=height,
                 width=width,
-                latent_h=ph // 8,
-                latent_w=pw // 8,
                 rms=tuple(float(v) for v in rms[b]),
             )
             streams.append(bitstream.pack(header, coder.encode(indices[b])))
@@ -133,14 +131,10 @@ class Codec:
                 f"rate index {header.rate_index} not on this model's ladder (0..{len(self.ladder) - 1})"
             )
         rate = self.ladder[header.rate_index]
+        # The padded latent (B,4,ph/8,pw/8) follows from (H, W) and the rate's padding rule;
+        # the code grid is that divided by the hyper-encoder's downsampling.
         ph, pw = padded_size(header.height, header.width, self.model.pad_multiple(rate.index))
-        if (header.latent_h, header.latent_w) != (ph // 8, pw // 8):
-            raise BitstreamError(
-                f"latent shape {header.latent_h}x{header.latent_w} does not fit a "
-                f"{header.width}x{header.height} image at rate {rate.index} "
-                f"(expected {ph // 8}x{pw // 8})"
-            )
-        hc, wc = header.latent_h // rate.downsample, header.latent_w // rate.downsample
+        hc, wc = ph // 8 // rate.downsample, pw // 8 // rate.downsample
         indices = self.coder(rate.index).decode(payload, hc * wc).reshape(hc, wc)
         return Parsed(header, rate, indices)
 

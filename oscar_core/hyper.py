@@ -16,6 +16,8 @@ even in eval mode): ``encode_indices`` is a pure argmax of cosine similarity and
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from compressai.layers import conv3x3
@@ -137,6 +139,21 @@ class HyperEncoder(nn.Module):
         return self.proj(y_hat)
 
     # -- training path -----------------------------------------------------------------
+    def code_entropy(self, z0: Tensor, temperature: float = 0.1) -> Tensor:
+        """Normalised entropy in [0, 1] of the batch's mean soft code assignment.
+
+        softmax(cos(y, codebook) / temperature) per position (B*L, K), averaged over every
+        position -> p (K,); returns H(p) / log K. Training maximises it for rates whose
+        small codebooks collapse onto a few codes (dead codes waste the rate the ladder
+        promises); the codebook is detached, so only the encoder moves.
+        """
+        y = self.backbone(z0)
+        b, m, hc, wc = y.shape
+        y = F.normalize(self.quantizer.project_in(y.permute(0, 2, 3, 1).reshape(-1, m)), dim=-1)
+        codebook = F.normalize(self.quantizer._codebook.embed[0].detach(), dim=-1)
+        p = ((y @ codebook.t()) / temperature).softmax(dim=-1).mean(dim=0)  # (K,)
+        return -(p * p.clamp_min(1e-12).log()).sum() / math.log(self.rate.K)
+
     def forward(self, z0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """z0 -> (z~, indices, commitment loss); EMA codebook updates in train mode."""
         y = self.backbone(z0)

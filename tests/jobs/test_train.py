@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -16,7 +17,7 @@ from tests.conftest import smooth_image
 
 def tiny_run(tmp_path, steps: int = 2, **extra) -> TrainConfig:
     data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
     for i in range(6):
         Image.fromarray(smooth_image(140, 300, seed=i)).save(data / f"img{i}.png")
     return TrainConfig(
@@ -97,3 +98,35 @@ def test_crop_sampler_is_seeded():  # noqa: D103
     a, b = CropSampler(imgs, seed=3).batch(2, 64), CropSampler(imgs, seed=3).batch(2, 64)
     assert torch.equal(a, b) and a.shape == (2, 3, 64, 64)
     assert np.isclose(float(a.max()), 1.0, atol=0.05) or float(a.max()) <= 1.0
+
+
+def test_code_entropy_is_normalised_and_moves_only_the_encoder():
+    model = OscarModel(get_config("oscar-tiny"))
+    hyper = model.hypers[4]  # K = 16
+    z0 = torch.randn(2, 4, 16, 16)
+    hyper.train()
+    hyper(z0)  # k-means initialises the codebook (all zeros before: no gradient)
+    h = hyper.code_entropy(z0)
+    assert 0.0 <= float(h.detach()) <= 1.0 + 1e-6
+    (1 - h).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hyper.backbone.parameters())
+    assert hyper.quantizer._codebook.embed.grad is None  # the codebook is detached
+
+
+def test_refinement_trains_listed_rates_and_keeps_the_autoencoder(tmp_path):
+    base = tiny_run(tmp_path / "base", steps=1)
+    assert Trainer(base).run()
+    base_dir = tmp_path / "base" / "run" / "model"
+    cfg = tiny_run(tmp_path, steps=2, rates=[4], diversity=1.0, diversity_rates=[4])
+    cfg.base, cfg.stage0 = str(base_dir), StageConfig(0, 2, 64, 1e-3)
+    cfg.stage2 = StageConfig(0, 2, 64, 1e-4)  # stage 1 only: the hyper-encoders it lists
+    assert Trainer(cfg).run()
+    before = OscarModel.from_pretrained(base_dir).state_dict()
+    after = OscarModel.from_pretrained(tmp_path / "run" / "model").state_dict()
+    changed = {k.split(".")[1] for k in before if k.startswith("hypers.") and
+               not torch.equal(before[k], after[k]) and "pmf" not in k}  # fmt: skip
+    assert changed == {"4"}
+    ae = [k for k in before if k.startswith("autoencoder.")]
+    assert all(torch.equal(before[k], after[k]) for k in ae)  # stage 0 skipped, scale kept
+    with pytest.raises(ValueError, match="rates"):
+        Trainer(tiny_run(tmp_path / "bad", rates=[8])).stage1_rates()

@@ -20,7 +20,6 @@ from oscar_core.bitstream import (
     Header,
     _decode_varint,
     _encode_varint,
-    latent_range,
     pack,
     unpack,
 )
@@ -41,8 +40,6 @@ def make_header(**kw: object) -> Header:
         rate_index=3,
         height=375,
         width=500,
-        latent_h=64,  # 375 px padded to 512 -> 64 cells
-        latent_w=64,
         rms=(0.8123, 1.234567, 0.0, 3.14159),
     )
     fields.update(kw)
@@ -55,16 +52,16 @@ PAYLOAD = bytes(range(90))  # a typical lowest-rate payload size
 def raw_stream(
     *,
     magic: bytes = MAGIC,
-    version: int = 1,
+    version: int = 2,
     model_id: bytes = b"abcd",
     rate: int = 0,
-    dims: tuple[int, int, int, int] = (64, 48, 8, 6),
+    dims: tuple[int, int] = (64, 48),
     rms_bits: tuple[int, int, int, int] = (0x3C00,) * 4,  # 1.0 in float16
     varint: bytes | None = None,
     payload: bytes = b"\x01\x02\x03\x04\x05\x06\x07\x08",
 ) -> bytes:
     """Build a stream field by field, bypassing Header validation, with a correct CRC."""
-    body = magic + bytes([version]) + model_id + bytes([rate]) + struct.pack(">4H", *dims)
+    body = magic + bytes([version]) + model_id + bytes([rate]) + struct.pack(">2H", *dims)
     body += struct.pack(">4H", *rms_bits)
     body += _encode_varint(len(payload)) if varint is None else varint
     body += payload
@@ -74,12 +71,12 @@ def raw_stream(
 def test_layout_is_byte_exact() -> None:
     h = make_header()
     s = pack(h, PAYLOAD)
-    assert FIXED_HEADER_BYTES == 24 and HEADER_BYTES_MIN == 25 and MIN_STREAM_BYTES == 29
-    assert len(s) == 24 + 1 + len(PAYLOAD) + 4
-    assert s[:2] == b"OS" and s[2] == 1 and s[3:7] == h.model_id and s[7] == 3
-    assert struct.unpack(">4H", s[8:16]) == (375, 500, 64, 64)
-    assert struct.unpack(">4e", s[16:24]) == tuple(float(np.float16(v)) for v in h.rms)
-    assert s[24] == len(PAYLOAD) and s[25:-4] == PAYLOAD
+    assert FIXED_HEADER_BYTES == 20 and HEADER_BYTES_MIN == 21 and MIN_STREAM_BYTES == 25
+    assert len(s) == 20 + 1 + len(PAYLOAD) + 4
+    assert s[:2] == b"OS" and s[2] == 2 and s[3:7] == h.model_id and s[7] == 3
+    assert struct.unpack(">2H", s[8:12]) == (375, 500)
+    assert struct.unpack(">4e", s[12:20]) == tuple(float(np.float16(v)) for v in h.rms)
+    assert s[20] == len(PAYLOAD) and s[21:-4] == PAYLOAD
     assert s[-4:] == struct.pack(">I", zlib.crc32(s[:-4]))
 
 
@@ -91,7 +88,7 @@ def test_round_trip(n: int) -> None:
     assert p2 == payload
     assert h2.rms == tuple(float(np.float16(v)) for v in h.rms)  # float16 rounding only
     assert (h2.model_id, h2.rate_index, h2.height, h2.width) == (b"\x12\x34\x56\x78", 3, 375, 500)
-    assert (h2.latent_h, h2.latent_w, h2.version) == (64, 64, 1)
+    assert h2.version == 2
     assert unpack(pack(h2, p2)) == (h2, p2)  # idempotent once rounded
 
 
@@ -116,19 +113,16 @@ def test_header_validation() -> None:
         dict(rate_index=-1),
         dict(height=0),
         dict(width=65536),
-        dict(latent_h=46),  # ceil(375/8) = 47
-        dict(latent_w=63 + 64 + 1),  # ceil(500/8) = 63
         dict(rms=(1.0, 2.0, 3.0)),
         dict(rms=(1.0, 2.0, 3.0, math.nan)),
         dict(rms=(1.0, 2.0, 3.0, -1.0)),
         dict(rms=(1.0, 2.0, 3.0, 70000.0)),  # overflows float16
-        dict(version=2),
+        dict(version=1),  # version 1 streams (with latent dims) are not written any more
         dict(height=375.0),
     ):
         with pytest.raises(ValueError):
             make_header(**bad)
     assert make_header(rms=(-0.0, 0.0, 1.0, 1.0)).rms[0] == 0.0
-    assert latent_range(1) == (1, 65) and latent_range(65535) == (8192, 8256)
     with pytest.raises(ValueError):
         pack(make_header(), "text")  # type: ignore[arg-type]
 
@@ -139,7 +133,7 @@ def test_specific_errors() -> None:
         ("nope", "must be bytes"),
         (s[:10], "too short: 10 bytes"),
         (b"PK" + s[2:], "bad magic b'PK'"),
-        (s[:2] + b"\x02" + s[3:], "unsupported format version 2"),
+        (s[:2] + b"\x01" + s[3:], "unsupported format version 1"),
         (s[:-1], "truncated"),
         (s + b"\x00", "trailing"),
         (s[:-4] + bytes(4), "CRC mismatch"),
@@ -188,38 +182,29 @@ def test_arbitrary_payload_with_valid_crc(payload: bytes, rate: int) -> None:
     assert p == payload and header.rate_index == rate and header.rms == (1.0,) * 4
 
 
-def _dims_valid(H: int, W: int, h: int, w: int) -> bool:
-    def ok(size: int, lat: int) -> bool:
-        lo, hi = latent_range(size)
-        return size >= 1 and lo <= lat <= hi
-
-    return ok(H, h) and ok(W, w)
-
-
 _DIM = st.sampled_from([0, 1, 7, 8, 9, 375, 4096, 65534, 65535])
-_LAT = st.sampled_from([0, 1, 2, 47, 48, 64, 65, 111, 112, 8192, 8256, 8257, 65535])
 _F16_SPECIAL = [0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFE00, 0x8000, 0xBC00, 0x0001, 0x7BFF, 0x3C00]
 
 
 @FAST
 @given(
-    dims=st.tuples(_DIM, _DIM, _LAT, _LAT),
+    dims=st.tuples(_DIM, _DIM),
     rms_bits=st.tuples(*[st.sampled_from(_F16_SPECIAL)] * 4),
     rate=st.sampled_from([0, 15, 16, 255]),
 )
 def test_extreme_header_fields(
-    dims: tuple[int, int, int, int], rms_bits: tuple[int, int, int, int], rate: int
+    dims: tuple[int, int], rms_bits: tuple[int, int, int, int], rate: int
 ) -> None:
     s = raw_stream(dims=dims, rms_bits=rms_bits, rate=rate)
     rms = struct.unpack(">4e", struct.pack(">4H", *rms_bits))
     valid = (
-        _dims_valid(*dims)
+        min(dims) >= 1
         and rate <= 15
         and all(math.isfinite(v) and math.copysign(1.0, v) > 0 for v in rms)
     )
     if valid:
         header, _ = unpack(s)
-        assert (header.height, header.width, header.latent_h, header.latent_w) == dims
+        assert (header.height, header.width) == dims
     else:
         with pytest.raises(BitstreamError):
             unpack(s)
