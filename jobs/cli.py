@@ -170,7 +170,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from jobs.train import main_train
 
     return main_train(
-        args.config, data=args.data, out=args.out, device=args.device, threads=args.threads
+        args.config,
+        nproc=args.nproc,
+        data=args.data,
+        out=args.out,
+        device=args.device,
+        threads=args.threads,
     )
 
 
@@ -207,10 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (stages 0, 1, fit, 2; resumable)")
     p.add_argument("--config", default=None, help="training config JSON (jobs/configs/)")
-    p.add_argument("--data", default=None, help="directory of images or .tar shards")
+    p.add_argument(
+        "--data", default=None, help="image directory, or shards: s3://b/p/{000..009}.tar, glob"
+    )
     p.add_argument("--out", default=None, help="run directory (re-run to resume)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--nproc", type=int, default=None, help="processes (one per GPU with --device cuda)"
+    )
     p.set_defaults(fn=cmd_train)
 
     # -- eval (handler cmd_eval above; see docs/eval.md)

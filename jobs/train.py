@@ -10,7 +10,9 @@
 Each stage checkpoints to ``<out>/ckpt/<stage>.pt`` (resumable: re-run the same command) and
 marks itself done with ``<stage>.done``; ``max_minutes`` bounds one invocation. The final
 model directory is ``<out>/model`` (config.json + model.safetensors). Losses live in
-``jobs/train_losses.py``, data in ``jobs/train_data.py``.
+``jobs/train_losses.py``, data in ``jobs/train_data.py`` (a directory, or WebDataset shards
+on S3 or local disk), multi-process training in ``jobs/train_dist.py`` (``--nproc N`` or
+torchrun: gradients averaged over ranks, rank 0 writes).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from jobs.train_data import CropSampler, load_images, split
+from jobs.train_dist import DistContext, init_distributed, launch
 from jobs.train_losses import PatchDiscriminator, Stage2Loss, autoencoder_loss, fit_rate
 from oscar_core import OscarModel, get_config
 from oscar_core.hyper import cosine_per_position
@@ -46,7 +50,9 @@ class StageConfig:
 
 @dataclass
 class TrainConfig:
-    data: str = "../shared/data/train"  # directory of images or .tar shards
+    # A directory of images or .tar shards, or WebDataset shards: a brace range, a glob, a
+    # .txt list or an s3:// prefix (s3://bucket/train/shard-{000..009}.tar, /data/*.tar).
+    data: str = "../shared/data/train"
     out: str = "runs/oscar-tiny"  # run directory: ckpt/, model/, train.log, summary.json
     base: str = "oscar-tiny"  # registry name, or a model directory to start from
     device: str = "cpu"
@@ -82,12 +88,14 @@ class TrainConfig:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, dist: DistContext | None = None):
         self.cfg = config
+        self.dist = dist or DistContext()  # world_size 1: the single-process path
         self.out = Path(config.out)
-        (self.out / "ckpt").mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            (self.out / "ckpt").mkdir(parents=True, exist_ok=True)
         self.device = torch.device(config.device)
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # every rank builds the same initial weights
         if config.threads:
             torch.set_num_threads(config.threads)
         model_dir = self.out / "ckpt" / "model"
@@ -98,15 +106,20 @@ class Trainer:
         else:
             self.model = OscarModel(get_config(config.base))
         self.model.to(self.device)
-        images, _ = load_images(config.data)
+        if self.dist.enabled:  # then different noise / posterior samples per rank
+            torch.manual_seed(self.dist.seed(config.seed))
+        images, _ = load_images(config.data)  # every rank holds all images (decoded once)
         train, held = split(images, config.holdout_every)
-        self.train_sampler = CropSampler(train, seed=config.seed)
-        self.held_sampler = CropSampler(held, seed=config.seed + 1)
+        self.train_sampler = CropSampler(train, seed=self.dist.seed(config.seed))
+        self.held_sampler = CropSampler(held, seed=config.seed + 1)  # used by rank 0 only
         log.info("data: %d train / %d held-out images from %s", len(train), len(held), config.data)
-        (self.out / "train_config.json").write_text(
-            json.dumps(dataclasses.asdict(config), indent=2)
-        )
+        if self.dist.is_main:
+            (self.out / "train_config.json").write_text(
+                json.dumps(dataclasses.asdict(config), indent=2)
+            )
         self.summary: dict = self._read_summary()
+        self.summary["data"] = {"images": len(images), "train": len(train), "held": len(held),
+                                "ranks": self.dist.world_size}  # fmt: skip
 
     # -- generic stage loop ------------------------------------------------------------
     def run_stage(self, name: str, cfg: StageConfig, params: list, step_fn) -> bool:
@@ -125,16 +138,22 @@ class Trainer:
             if hasattr(step_fn, "load_state_dict") and "extra" in state:
                 step_fn.load_state_dict(state["extra"])
             log.info("%s: resumed at step %d", name, start)
+        self.dist.broadcast_module(self.model)  # all ranks start from rank 0's weights
+        if isinstance(getattr(step_fn, "disc", None), torch.nn.Module):
+            self.dist.broadcast_module(step_fn.disc)  # initialised from per-rank RNG
         t0 = time.monotonic()
 
         def save(step: int) -> None:
+            if not self.dist.is_main:
+                return
             extra = step_fn.state_dict() if hasattr(step_fn, "state_dict") else {}
             state = {"model": self.model.state_dict(), "opt": opt.state_dict(), "step": step,
                      "elapsed": elapsed_before + time.monotonic() - t0, "extra": extra}  # fmt: skip
             torch.save(state, ckpt_path.with_suffix(".tmp"))
             ckpt_path.with_suffix(".tmp").replace(ckpt_path)
 
-        bar = tqdm(range(start, cfg.steps), desc=name, initial=start, total=cfg.steps)
+        bar = tqdm(range(start, cfg.steps), desc=name, initial=start, total=cfg.steps,
+                   disable=not self.dist.is_main)  # fmt: skip
         last_save, averages = time.monotonic(), {}
         for step in bar:
             for group in opt.param_groups:
@@ -142,8 +161,10 @@ class Trainer:
             losses = step_fn(step)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
+            self.dist.all_reduce_grads(params)  # mean over ranks: identical steps everywhere
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            self.dist.broadcast_buffers(self.model)  # EMA codebooks move in forward
             for k, v in losses.items():
                 v = float(v.detach()) if torch.is_tensor(v) else float(v)
                 averages[k] = 0.98 * averages.get(k, v) + 0.02 * v
@@ -159,7 +180,9 @@ class Trainer:
             if time.monotonic() - last_save > 300:
                 save(step + 1)
                 last_save = time.monotonic()
-            if cfg.max_minutes and minutes >= cfg.max_minutes and step + 1 < cfg.steps:
+            # One decision for all ranks (their clocks differ; a lone rank would hang).
+            limited = bool(cfg.max_minutes) and step + 1 < cfg.steps
+            if limited and self.dist.any(minutes >= cfg.max_minutes):
                 save(step + 1)
                 log.info(
                     "%s: stopped at step %d after %.1f min; re-run to resume",
@@ -172,11 +195,14 @@ class Trainer:
         self.summary[name] = {"steps": max(cfg.steps, start), "wall_s": round(elapsed, 1),
                               "final_losses": {k: round(v, 5) for k, v in averages.items()}}  # fmt: skip
         self._checkpoint_model()
-        done_marker.write_text(json.dumps(self.summary[name]))
-        ckpt_path.unlink(missing_ok=True)
+        if self.dist.is_main:
+            done_marker.write_text(json.dumps(self.summary[name]))
+            ckpt_path.unlink(missing_ok=True)
         return True
 
     def _checkpoint_model(self) -> None:
+        if not self.dist.is_main:
+            return
         self.model.save_pretrained(self.out / "ckpt" / "model")
         (self.out / "summary.json").write_text(json.dumps(self.summary, indent=2))
 
@@ -197,16 +223,18 @@ class Trainer:
         finished = self.run_stage("stage0", cfg, list(ae.parameters()), step)
         if finished and "scaling_factor" not in self.summary:
             x = self.train_sampler.batch(64, 128).to(self.device)
-            sf = ae.fit_scaling_factor(x)
+            sf = self.dist.broadcast_object(ae.fit_scaling_factor(x))  # rank 0's value
+            ae.scaling_factor = ae.config.scaling_factor = sf
             self.summary["scaling_factor"] = sf
             self._checkpoint_model()
             log.info("latent scaling factor %.5f", sf)
         return finished
 
     def _latent_cache(self, sampler: CropSampler, n: int, crop: int, tag: str) -> tuple:
-        """(x uint8 crops, z0) for n crops, computed once per run and stored."""
+        """(x uint8 crops, z0) for n crops, computed once per run and stored (rank 0; the
+        other ranks cut their own crops and keep them in memory only)."""
         path = self.out / "ckpt" / f"latents-{tag}-{crop}.pt"
-        if path.exists():
+        if self.dist.is_main and path.exists():
             cached = torch.load(path, weights_only=True)
             return cached["x"], cached["z0"]
         xs, zs = [], []
@@ -216,13 +244,14 @@ class Trainer:
                 xs.append(((x + 1) * 127.5).round().to(torch.uint8))
                 zs.append(self.model.autoencoder.encode(x.to(self.device)).cpu())
         x, z0 = torch.cat(xs)[:n], torch.cat(zs)[:n]
-        torch.save({"x": x, "z0": z0}, path)
+        if self.dist.is_main:
+            torch.save({"x": x, "z0": z0}, path)
         return x, z0
 
     def stage1(self) -> bool:
         cfg = self.cfg.stage1
         _, z0_all = self._latent_cache(self.train_sampler, self.cfg.cache_crops, cfg.crop, "train")
-        rng = np.random.default_rng(self.cfg.seed + 11)
+        rng = np.random.default_rng(self.dist.seed(self.cfg.seed) + 11)
         rates = self.stage1_rates()
         hypers = [self.model.hypers[r] for r in rates]
         self.model.hypers.train()
@@ -261,9 +290,7 @@ class Trainer:
         """Refit t_r per rate and the entropy coder's pmfs on held-out crops."""
         if "fit" in self.summary:
             return
-        _, z0 = self._latent_cache(self.held_sampler, self.cfg.fit_crops, 256, "held")
-        self.model.eval()
-        rows = [fit_rate(self.model, r, z0.to(self.device)) for r in range(len(self.model.ladder))]
+        rows = self._held_fit_rows()
         self.model.config.ladder = [
             [r.ss, r.K, row["t"]] for r, row in zip(self.model.ladder, rows, strict=True)
         ]
@@ -279,16 +306,24 @@ class Trainer:
         (t_r stays: the denoiser was trained at those timesteps)."""
         if "pmf_refit" in self.summary:
             return
-        _, z0 = self._latent_cache(self.held_sampler, self.cfg.fit_crops, 256, "held")
-        self.model.eval()
-        rows = []
-        for r in range(len(self.model.ladder)):
-            row = fit_rate(self.model, r, z0.to(self.device))
+        rows = self._held_fit_rows()
+        for r, row in enumerate(rows):
             self.model.set_pmf(r, torch.from_numpy(row.pop("pmf")))
-            rows.append(row)
         self.summary["pmf_refit"] = rows
         self._checkpoint_model()
         log.info("pmf refit after stage 2: %s", json.dumps(rows))
+
+    def _held_fit_rows(self) -> list[dict]:
+        """``fit_rate`` per rate on held-out latents; computed by rank 0, sent to every rank
+        (so t_r and the pmfs are the same everywhere without a second pass)."""
+        self.model.eval()
+        rows = None
+        if self.dist.is_main:
+            _, z0 = self._latent_cache(self.held_sampler, self.cfg.fit_crops, 256, "held")
+            rows = [
+                fit_rate(self.model, r, z0.to(self.device)) for r in range(len(self.model.ladder))
+            ]
+        return self.dist.broadcast_object(rows)
 
     def stage2(self) -> bool:
         cfg = self.cfg.stage2
@@ -297,8 +332,14 @@ class Trainer:
         )
         self.model.autoencoder.requires_grad_(False)
         disc = PatchDiscriminator().to(self.device)
-        loss = Stage2Loss(self.model, disc, x_all, z0_all, cfg.batch, self.device, self.cfg.seed,
-                          extra_loss=self.diversity_loss)  # fmt: skip
+        # Ranks draw their own crops but the same rate per step: the VQ layer all-reduces its
+        # EMA statistics inside forward when torch.distributed is up, so every rank must run
+        # the same hyper-encoder. The discriminator's gradients are averaged like the rest.
+        d = self.dist
+        loss = Stage2Loss(self.model, disc, x_all, z0_all, cfg.batch, self.device,
+                          d.seed(self.cfg.seed), extra_loss=self.diversity_loss,
+                          rate_seed=self.cfg.seed + 22 if d.enabled else None,
+                          grad_sync=d.all_reduce_grads)  # fmt: skip
         params = list(self.model.denoiser.parameters()) + list(self.model.hypers.parameters())
         self.model.denoiser.train()
         self.model.hypers.train()
@@ -315,8 +356,10 @@ class Trainer:
         self.model.eval()
         final = self.out / "model"
         self.model.config.notes = {**self.model.config.notes, "training": self.summary}
-        self.model.save_pretrained(final, dtype=getattr(torch, self.cfg.save_dtype))
-        log.info("final model written to %s", final)
+        if self.dist.is_main:
+            self.model.save_pretrained(final, dtype=getattr(torch, self.cfg.save_dtype))
+            log.info("final model written to %s", final)
+        self.dist.barrier()  # no rank leaves before the model is on disk
         return True
 
 
@@ -327,17 +370,38 @@ def _lr_factor(step: int, total: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def main_train(config_path: str | None, **overrides) -> int:
+def main_train(config_path: str | None, nproc: int | None = None, **overrides) -> int:
+    """``oscar train``: one process, ``nproc`` local processes, or this rank of torchrun's."""
     cfg = (
         TrainConfig.from_json(config_path, **overrides)
         if config_path
         else TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
     )
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(Path(cfg.out) / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        launch(train_process, cfg, nproc)  # each process runs train_process(cfg)
+    else:
+        train_process(cfg)
+    return 0
+
+
+def train_process(cfg: TrainConfig) -> bool:
+    """Train in this process: alone, or as the rank the environment names (torchrun)."""
+    ctx, device = init_distributed(cfg.device)
+    cfg = dataclasses.replace(cfg, device=device)
+    handler = logging.NullHandler()
+    if ctx.is_main:  # only rank 0 logs to the run directory
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(cfg.out) / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    finished = Trainer(cfg).run()
-    print("training finished" if finished else "training paused (time limit); re-run to resume")
-    return 0
+    try:
+        finished = Trainer(cfg, ctx).run()
+        msg = "training finished" if finished else "training paused (time limit); re-run to resume"
+        if ctx.is_main:
+            print(msg)
+        return finished
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        ctx.close()

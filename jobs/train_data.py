@@ -4,11 +4,21 @@ The development set is small (580 photos, ~50 MB as RGB uint8), so every image i
 once and random crops are cut from memory each step: on a 2-core CPU, JPEG decoding per step
 would cost more than the model. Every ``holdout_every``-th image (sorted by path) is held out
 for validation, so the split is the same in every run and across resumes.
+
+Sources: a local directory (images and .tar files under it, recursively), or a WebDataset
+shard spec read through ``pipeline.storage`` (the batch jobs' code: boto3's credential
+chain, ``AWS_ENDPOINT_URL`` for a non-AWS store): a brace range
+(``s3://bucket/train/shard-{000..009}.tar``), a glob (``s3://bucket/train/*.tar``,
+``/data/*.tar``), a ``.txt`` list, or a bare ``s3://bucket/prefix`` (every .tar under it).
+Shards are streamed (``pipeline.samples``: one image per WebDataset key, a bad sample is
+skipped and counted), and their images decoded into memory like a directory's.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +28,8 @@ import torch
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+_PATTERN = re.compile(r"[*?\[{]")  # glob or brace characters: a shard spec, not a path
+log = logging.getLogger("oscar.train")
 
 
 def _decode(data: bytes | Path, max_side: int) -> np.ndarray | None:
@@ -31,8 +43,59 @@ def _decode(data: bytes | Path, max_side: int) -> np.ndarray | None:
         return None
 
 
+def _shrink(arr: np.ndarray, max_side: int) -> np.ndarray:
+    """(H,W,3) uint8 -> the same, longest side <= max_side (as ``_decode`` does)."""
+    if max(arr.shape[:2]) <= max_side:
+        return arr
+    img = Image.fromarray(arr)
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return np.asarray(img).copy()
+
+
+def shard_urls(spec: str) -> list[str]:
+    """A shard spec -> sorted URLs. A bare ``s3://bucket/prefix`` lists the .tar objects
+    under it; anything else goes to ``storage.expand_shards`` (brace, glob, .txt list)."""
+    from pipeline import storage
+
+    loc = storage.parse_url(spec)
+    if loc.scheme == "s3" and not _PATTERN.search(spec) and not spec.endswith((".tar", ".txt")):
+        urls = [u for u in storage.list_prefix(spec) if u.endswith(".tar")]
+        if not urls:
+            raise ValueError(f"no .tar shards under {spec}")
+        return urls
+    return storage.expand_shards(spec)
+
+
+def load_shards(spec: str, max_side: int = 1024) -> tuple[list[np.ndarray], list[str]]:
+    """Decode every sample's image from the WebDataset shards ``spec`` names, in order."""
+    from pipeline import storage
+    from pipeline.samples import read_samples
+
+    images, names, bad = [], [], 0
+    urls = shard_urls(spec)
+    for url in urls:
+        with storage.open_read(url) as stream:  # streamed: one member in memory at a time
+            for sample in read_samples(stream):
+                if not sample.ok:
+                    bad += 1
+                    log.warning("skipped %s:%s: %s", url, sample.key, sample.error)
+                    continue
+                images.append(_shrink(sample.image, max_side))
+                names.append(f"{url}:{sample.key}")
+    log.info("read %d images from %d shards (%d bad samples skipped)", len(images), len(urls), bad)
+    return images, names
+
+
 def load_images(source: str | Path, max_side: int = 1024) -> tuple[list[np.ndarray], list[str]]:
-    """All decodable images under a directory (recursive) or inside .tar shards there."""
+    """All decodable images under a directory (recursive) or inside .tar shards there, or
+    in the WebDataset shards of a spec (``s3://...``, a brace range, a glob, a .txt list)."""
+    text = str(source)
+    spec = _PATTERN.search(text) or text.endswith(".txt")  # a shard spec, unless a real path
+    if text.startswith(("s3://", "file://")) or (spec and not Path(text).is_dir()):
+        images, names = load_shards(text, max_side)
+        if not images:
+            raise ValueError(f"no decodable images in the shards of {text}")
+        return images, names
     root = Path(source)
     if not root.exists():
         raise FileNotFoundError(f"training data {root} does not exist")

@@ -70,6 +70,9 @@ class Stage2Loss:
         seed: int = 0,
         weights: dict | None = None,
         extra_loss=None,  # (rate_index, z0) -> loss term or 0.0 (e.g. codebook diversity)
+        rate_seed: int | None = None,  # own RNG for the rate (the same on every rank); None:
+        # the crop RNG draws it too (single process)
+        grad_sync=None,  # params -> None: averages the discriminator's grads over ranks
     ):
         self.model, self.disc, self.x_all, self.z0_all = model, disc, x_all, z0_all
         self.batch, self.device = batch, device
@@ -77,13 +80,15 @@ class Stage2Loss:
         self.w.update(weights or {})
         self.d_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
         self.rng = np.random.default_rng(seed + 22)
+        self.rate_rng = self.rng if rate_seed is None else np.random.default_rng(rate_seed)
         self.extra_loss = extra_loss
+        self.grad_sync = grad_sync
 
     def __call__(self, step: int) -> dict:
         pick = self.rng.integers(len(self.x_all), size=self.batch)
         x = (self.x_all[pick].float() / 127.5 - 1).to(self.device)
         z0 = self.z0_all[pick].to(self.device)
-        rate = int(self.rng.integers(len(self.model.ladder)))
+        rate = int(self.rate_rng.integers(len(self.model.ladder)))
         out = self.model(x, rate, z0=z0)
         x_hat = out["x_hat"]
         l1 = (x_hat - x).abs().mean()
@@ -113,6 +118,8 @@ class Stage2Loss:
         d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(x_fake)).mean()
         self.d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync(list(self.disc.parameters()))
         self.d_opt.step()
         self.d_opt.zero_grad(set_to_none=True)  # -D(x_hat) will add grads here; not applied
         return float(d_loss)
