@@ -91,12 +91,12 @@ def corrupted_variants(good: bytes, foreign: bytes) -> dict[str, bytes]:
     rng = np.random.default_rng(2024)
     n = len(good)
     out: dict[str, bytes] = {}
-    cut_points = {0, 1, 2, 3, 10, 19, 20, 21, 24, 25, n // 2, n - 5, n - 4, n - 1}
+    cut_points = {0, 1, 2, 3, 10, 15, 16, 19, 20, 21, n // 2, n - 5, n - 4, n - 1}
     for cut in sorted(c for c in cut_points if 0 <= c < n):
         out[f"trunc_{cut:03d}"] = good[:cut]
     # deterministic flips in every region: magic, version, model id, rate, sizes, rms,
     # varint, payload, CRC
-    for pos in (0, 1, 2, 3, 7, 8, 11, 12, 15, 19, 20, 21, n // 2, n - 5, n - 4, n - 1):
+    for pos in (0, 1, 2, 3, 7, 8, 11, 12, 15, 16, 17, n // 2, n - 5, n - 4, n - 1):
         flipped = bytearray(good)
         flipped[pos] ^= 0x01
         out[f"flip1_at_{pos:03d}"] = bytes(flipped)
@@ -115,7 +115,7 @@ def corrupted_variants(good: bytes, foreign: bytes) -> dict[str, bytes]:
     out["append_4"] = good + b"OSCR"
     out["append_100_random"] = good + rng.integers(0, 256, 100, dtype=np.uint8).tobytes()
     out["doubled"] = good + good
-    out["empty_payload"] = good[:20] + b"\x00" + good[-4:]
+    out["empty_payload"] = good[:16] + good[-4:]
     out["foreign_model"] = foreign
     return out
 
@@ -307,13 +307,13 @@ def test_decompress_fuzz(workdir, runs):
         assert re.fullmatch(r"cannot decode: \S.{4,}", reason), (name, reason)
     assert "written by model" in reasons["foreign_model"]
     assert "too short" in reasons["trunc_000"]
-    assert "trailing bytes" in reasons["append_1_zero"]
+    assert "appended" in reasons["append_1_zero"]
     assert "bad magic" in reasons["flip1_at_000"]
     assert "unsupported format version" in reasons["flip1_at_002"]
     n = len(fuzz_inputs["append_1_zero"]) - 1  # the good stream's length
     for pos in (3, 8, 12, n - 5, n - 1):  # model id, size, rms, payload, CRC
         assert "CRC mismatch" in reasons[f"flip1_at_{pos:03d}"], pos
-    assert "truncated" in reasons[f"trunc_{n - 1:03d}"]
+    assert "truncated" in reasons[f"trunc_{n - 1:03d}"]  # the CRC catches it
     # the good file in the middle of the list is still decoded
     with Image.open(workdir / "fuzz_dec" / "good.png") as img:
         assert img.size == IMAGES["a"][:2]
