@@ -72,7 +72,12 @@ class TrainConfig:
     # the rates listed (None: all), in stages 1 and 2. Counters dead codes in small codebooks.
     diversity: float = 0.0
     diversity_rates: list[int] | None = None
+    diversity_weights: dict[str, float] | None = None  # per-rate weight, e.g. {"7": 0.2}
     diversity_temperature: float = 0.1
+    # Stage-2 perceptual loss: LPIPS (AlexNet) from LOCAL weights (nothing is downloaded;
+    # see jobs/eval_metrics.Lpips for the accepted files); None: SSIM only.
+    lpips_weights: str | None = None
+    lpips_weight: float = 1.0
 
     @classmethod
     def from_json(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -281,10 +286,11 @@ class Trainer:
     def diversity_loss(self, rate_index: int, z0: torch.Tensor) -> torch.Tensor | float:
         """w * (1 - H(p)/log K) for the rates diversity applies to, else 0."""
         listed = self.cfg.diversity_rates
-        if self.cfg.diversity <= 0 or (listed is not None and rate_index not in listed):
+        weight = (self.cfg.diversity_weights or {}).get(str(rate_index), self.cfg.diversity)
+        if weight <= 0 or (listed is not None and rate_index not in listed):
             return 0.0
         hyper = self.model.hypers[rate_index]
-        return self.cfg.diversity * (1 - hyper.code_entropy(z0, self.cfg.diversity_temperature))
+        return weight * (1 - hyper.code_entropy(z0, self.cfg.diversity_temperature))
 
     def fit(self) -> None:
         """Refit t_r per rate and the entropy coder's pmfs on held-out crops."""
@@ -336,8 +342,10 @@ class Trainer:
         # EMA statistics inside forward when torch.distributed is up, so every rank must run
         # the same hyper-encoder. The discriminator's gradients are averaged like the rest.
         d = self.dist
+        weights = {"lpips": self.cfg.lpips_weight} if self.cfg.lpips_weights else {}
         loss = Stage2Loss(self.model, disc, x_all, z0_all, cfg.batch, self.device,
-                          d.seed(self.cfg.seed), extra_loss=self.diversity_loss,
+                          d.seed(self.cfg.seed), weights, extra_loss=self.diversity_loss,
+                          lpips_weights=self.cfg.lpips_weights,
                           rate_seed=self.cfg.seed + 22 if d.enabled else None,
                           grad_sync=d.all_reduce_grads)  # fmt: skip
         params = list(self.model.denoiser.parameters()) + list(self.model.hypers.parameters())

@@ -1,7 +1,7 @@
 """Losses and the fit step of OSCAR training (see jobs/train.py for the stage plan).
 
-Perceptual loss: SSIM (pytorch-msssim) works offline; LPIPS/DISTS need backbone weights
-from the internet, which this project cannot fetch, so they are not used here.
+Perceptual loss: SSIM (pytorch-msssim) works offline; LPIPS (AlexNet) is added when the user
+gives local weights (``lpips_weights``; nothing is downloaded). DISTS is not supported.
 Adversarial loss: a small patch discriminator on pixels with the hinge loss. Unlike the
 reference (whose discriminator call sits under ``no_grad``), the generator term
 ``-D(x_hat)`` keeps its graph, so its gradient reaches the denoiser and the hyper-encoders
@@ -73,6 +73,7 @@ class Stage2Loss:
         rate_seed: int | None = None,  # own RNG for the rate (the same on every rank); None:
         # the crop RNG draws it too (single process)
         grad_sync=None,  # params -> None: averages the discriminator's grads over ranks
+        lpips_weights: str | None = None,  # local LPIPS/AlexNet weights -> LPIPS loss term
     ):
         self.model, self.disc, self.x_all, self.z0_all = model, disc, x_all, z0_all
         self.batch, self.device = batch, device
@@ -83,6 +84,11 @@ class Stage2Loss:
         self.rate_rng = self.rng if rate_seed is None else np.random.default_rng(rate_seed)
         self.extra_loss = extra_loss
         self.grad_sync = grad_sync
+        self.lpips = None
+        if lpips_weights:  # frozen network; its gradient flows to x_hat only
+            from jobs.eval_metrics import Lpips
+
+            self.lpips = Lpips(lpips_weights).model.to(device).requires_grad_(False)
 
     def __call__(self, step: int) -> dict:
         pick = self.rng.integers(len(self.x_all), size=self.batch)
@@ -98,6 +104,10 @@ class Stage2Loss:
         total = l1 + self.w["ssim"] * s + self.w["latent"] * latent + self.w["align"] * align
         total = total + out["commit"]
         losses = {"l1": l1.detach(), "1-ssim": s.detach(), "latent": latent.detach()}
+        if self.lpips is not None:  # inputs in [-1, 1]: LPIPS's own range
+            lp = self.lpips(x_hat.clamp(-1, 1), x).mean()
+            total = total + self.w["lpips"] * lp
+            losses["lpips"] = lp.detach()
         extra = self.extra_loss(rate, z0) if self.extra_loss else 0.0
         if torch.is_tensor(extra):
             total = total + extra

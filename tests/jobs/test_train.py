@@ -130,3 +130,24 @@ def test_refinement_trains_listed_rates_and_keeps_the_autoencoder(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in ae)  # stage 0 skipped, scale kept
     with pytest.raises(ValueError, match="rates"):
         Trainer(tiny_run(tmp_path / "bad", rates=[8])).stage1_rates()
+
+
+def test_lpips_from_local_weights_reaches_the_generator(tmp_path):
+    # AlexNet weights with random values, saved the way a torch hub cache holds them
+    import torchvision
+
+    weights = tmp_path / "alexnet.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
+    model = OscarModel(get_config("oscar-tiny"))
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        z0 = model.autoencoder.encode(x)
+    loss = Stage2Loss(model, PatchDiscriminator(), ((x + 1) * 127.5).to(torch.uint8), z0, 2,
+                      torch.device("cpu"), weights={"lpips": 1.0, "adv": 0.0},
+                      lpips_weights=str(weights))  # fmt: skip
+    losses = loss(0)
+    assert "lpips" in losses and float(losses["lpips"]) > 0
+    losses["total"].backward()
+    grads = [p.grad for p in model.denoiser.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in loss.lpips.parameters())  # the network stays frozen
