@@ -2,12 +2,13 @@
 
     oscar bench [--quick] [--model DIR] [--out docs/benchmarks] [--images DIR]
                 [--sections 1,2,3,...] [--rates 0,3,7] [--repeats N] [--threads N]
+                [--precision fp32,bf16]
 
 Sections (one function each, returning a dict; see ``bench_common`` for its keys):
 
     1  one step vs a 50-step DDIM decode of the same bitstreams   (bench_codec)
-    2  stage profile per rate, batch 1 and the best batch          (bench_codec)
-    3  oscar vs bmshj2018-hyperprior and Pillow JPEG/WebP/AVIF     (bench_codec)
+    2  stage profile per rate, batch size and precision           (bench_codec)
+    3  oscar vs bmshj2018-hyperprior and Pillow JPEG/WebP/AVIF     (bench_peer)
     4  encode-shards vs the bare model in the same worker          (bench_pipeline)
     5  1 vs 2 CPU actors through Ray + projected images/s per GPU  (bench_pipeline)
     6  peak RSS of a worker for shards of 100 vs 1,000 images      (bench_pipeline)
@@ -16,6 +17,8 @@ Sections (one function each, returning a dict; see ``bench_common`` for its keys
 
 Every figure is the median of ``--repeats`` runs after a warm-up run; every comparison runs
 both sides in this process with the same torch threads, under ``torch.inference_mode()``.
+Sections 2 and 3 time every precision of ``--precision`` (default: fp32, plus bf16 autocast
+where the CPU has native bf16) side by side; the others run at the first one (fp32).
 A section that fails is recorded as ``error: ...`` and the others still run. ``--quick``
 is a smoke test (1 image centre-cropped to 256x256, 2 repeats, 1 rate, batches 1 and 2):
 its numbers check the machinery, they are not results.
@@ -46,7 +49,7 @@ DEFAULT_OUT = "docs/benchmarks"
 SECTIONS: dict[int, tuple[str, str]] = {
     1: ("jobs.bench_codec", "section_one_vs_many"),
     2: ("jobs.bench_codec", "section_stage_profile"),
-    3: ("jobs.bench_codec", "section_peers"),
+    3: ("jobs.bench_peer", "section_peers"),
     4: ("jobs.bench_pipeline", "section_efficiency"),
     5: ("jobs.bench_pipeline", "section_scaling"),
     6: ("jobs.bench_pipeline", "section_memory"),
@@ -197,6 +200,7 @@ def run_bench(
     rates: str | None = None,
     repeats: int | None = None,
     threads: int | None = None,
+    precision: str | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Run the chosen sections; returns the whole result (what bench.json holds + tables)."""
@@ -204,7 +208,7 @@ def run_bench(
 
     from oscar_core import DEFAULT_MODEL_DIR, Codec
 
-    from .bench_common import BenchContext, load_images
+    from .bench_common import BenchContext, load_images, parse_precisions
 
     if threads is not None:
         if threads < 1:
@@ -213,8 +217,9 @@ def run_bench(
     mode = QUICK if quick else FULL
     if repeats is not None and repeats < 1:
         raise ValueError(f'Invalid repeats "{repeats}", should be >= 1')
+    precisions, precision_note = parse_precisions(precision)
     model_dir = Path(model or DEFAULT_MODEL_DIR)
-    codec = Codec.from_pretrained(model_dir)
+    codec = Codec.from_pretrained(model_dir, precision=precisions[0])
     arrays, names = load_images(Path(images or DEFAULT_IMAGES), quick)
     sections = sections or sorted(SECTIONS)
     started = dt.datetime.now(dt.UTC)
@@ -232,6 +237,8 @@ def run_bench(
         threads=torch.get_num_threads(),
         batch_sizes=mode["batch_sizes"],
         work_dir=work,
+        precisions=precisions,
+        precision_note=precision_note,
     )
     results = []
     try:
@@ -271,6 +278,8 @@ def run_bench(
             "warmup": ctx.warmup,
             "batch_sizes": list(ctx.batch_sizes),
             "torch_threads": ctx.threads,
+            "precisions": list(ctx.precisions),
+            "precision_note": ctx.precision_note,
             "statistic": "median",
         },
         "sections": results,
@@ -332,6 +341,11 @@ def to_markdown(result: dict[str, Any]) -> str:
             ],
             ["rates", ", ".join(str(r) for r in s["rates"])],
             ["timing", f"median of {s['repeats']} runs after {s['warmup']} warm-up run"],
+            [
+                "precisions (sections 2, 3)",
+                ", ".join(s.get("precisions", ["fp32"]))
+                + (f" ({s['precision_note']})" if s.get("precision_note") else ""),
+            ],
             [
                 "load average (1 min)",
                 f"{load['start'][0]:.2f} at start, {load['end'][0]:.2f} at end",
@@ -398,6 +412,7 @@ def main_bench(args) -> int:
         rates=args.rates,
         repeats=args.repeats,
         threads=args.threads,
+        precision=getattr(args, "precision", None),
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     json_path, md_path = write_outputs(result, args.out)

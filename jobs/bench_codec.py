@@ -1,5 +1,5 @@
-"""Benchmark sections on the codec alone: 1 one step vs DDIM, 2 stage profile, 3 peer
-codecs, 7 entropy coding gain. Every comparison runs both sides in this process, on the
+"""Benchmark sections on the codec alone: 1 one step vs DDIM, 2 stage profile (fp32 and bf16
+autocast side by side), 7 entropy coding gain (3, the peer codecs, is ``bench_peer.py``). Every comparison runs both sides in this process, on the
 same images, with the same torch threads, under ``torch.inference_mode()`` (set by the
 caller, ``jobs/bench.py``).
 
@@ -16,7 +16,6 @@ full 1000-step schedule, and the UNet is called with the real timestep tau_k.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import Any
 
@@ -63,8 +62,6 @@ STAGE_NOTES = {
     "latent_decode": "autoencoder decoder",
     "postprocess": "crop, float -> uint8",
 }
-# Pillow codecs at a low quality (section 3)
-PILLOW_CODECS = (("JPEG", {"quality": 10}), ("WEBP", {"quality": 10}), ("AVIF", {"quality": 10}))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -349,57 +346,63 @@ def _mean(values: list[float | None]) -> float | None:
 # --------------------------------------------------------------------------- 2. stages
 
 
-def _rate_invariant(ctx: BenchContext, batches: list[list[np.ndarray]], rate, key) -> dict:
+def _rate_invariant(
+    ctx: BenchContext, batches: list[list[np.ndarray]], rate, key, precision: str
+) -> dict:
     """Stages that do not depend on the rate beyond the padded size: measured once per
-    (batch size, padded size) and shared by the rates (cached in ``ctx.cache``)."""
+    (precision, batch size, padded size) and shared by the rates (cached in ``ctx.cache``).
+    The heavy stages go through the codec's own ``latent_encode`` / ``denoise`` /
+    ``latent_decode``, i.e. under bf16 autocast for the bf16 codec."""
     cache = ctx.cache.setdefault("stage_invariant", {})
-    if key in cache:
-        return cache[key]
-    model, reps, warm = ctx.codec.model, ctx.repeats, ctx.warmup
+    if (precision, *key) in cache:
+        return cache[(precision, *key)]
+    codec, model, reps, warm = ctx.codec_for(precision), ctx.codec.model, ctx.repeats, ctx.warmup
     n = sum(len(b) for b in batches)
     h, w = batches[0][0].shape[:2]
     ph, pw = key[1], key[2]
-    xs = [pad_reflect(to_tensor(b), ph, pw) for b in batches]
-    z0 = [model.autoencoder.encode(x) for x in xs]
+    xs = [pad_reflect(to_tensor(b), ph, pw) for b in batches]  # (B,3,ph,pw) each
+    z0 = [codec.latent_encode(x) for x in xs]  # (B,4,ph/8,pw/8) float32
     t_r = [torch.full((len(b),), rate.t, dtype=torch.long) for b in batches]
-    z0h = [model.denoiser(z, t) for z, t in zip(z0, t_r, strict=True)]  # z0 stands for x_t
-    x_h = [model.autoencoder.decode(z) for z in z0h]
+    z0h = [codec.denoise(z, t) for z, t in zip(z0, t_r, strict=True)]  # z0 stands for x_t
+    x_h = [codec.latent_decode(z) for z in z0h]  # (B,3,ph,pw) float32
     out = {
         "preprocess": measure(lambda: [pad_reflect(to_tensor(b), ph, pw) for b in batches], reps),
-        "latent_encode": measure(lambda: [model.autoencoder.encode(x) for x in xs], reps, warm),
+        "latent_encode": measure(lambda: [codec.latent_encode(x) for x in xs], reps, warm),
         "denoiser": measure(
-            lambda: [model.denoiser(z, t) for z, t in zip(z0, t_r, strict=True)], reps, warm
+            lambda: [codec.denoise(z, t) for z, t in zip(z0, t_r, strict=True)], reps, warm
         ),
-        "latent_decode": measure(lambda: [model.autoencoder.decode(z) for z in z0h], reps, warm),
+        "latent_decode": measure(lambda: [codec.latent_decode(z) for z in z0h], reps, warm),
         "postprocess": measure(lambda: [to_uint8(crop(x, h, w)) for x in x_h], reps, warm),
     }
-    cache[key] = {
-        "seconds": {k: v.per(n) for k, v in out.items()},
-        "z0": z0,
-        "gflop": None,
-    }
-    if len(batches[0]) == 1:  # FLOPs per image, counted once at B=1
-        cache[key]["gflop"] = {
-            "latent_encode": op_count(lambda: model.autoencoder.encode(xs[0])),
-            "denoiser": op_count(lambda: model.denoiser(z0[0], t_r[0])),
-            "latent_decode": op_count(lambda: model.autoencoder.decode(z0h[0])),
-        }
-    return cache[key]
+    result = {"seconds": {k: v.per(n) for k, v in out.items()}, "z0": z0, "gflop": None}
+    if len(batches[0]) == 1:  # FLOPs per image at B=1: counted once per padded size (fp32
+        gcache = ctx.cache.setdefault("gflop", {})  # calls; the count does not depend on dtype)
+        if key[1:] not in gcache:
+            gcache[key[1:]] = {
+                "latent_encode": op_count(lambda: model.autoencoder.encode(xs[0])),
+                "denoiser": op_count(lambda: model.denoiser(z0[0], t_r[0])),
+                "latent_decode": op_count(lambda: model.autoencoder.decode(z0h[0])),
+            }
+        result["gflop"] = gcache[key[1:]]
+    cache[(precision, *key)] = result
+    return result
 
 
-def stage_profile(ctx: BenchContext, rate_index: int, batch: int) -> dict[str, Any]:
-    """Per-image seconds of every stage at one rate and batch size (cached)."""
+def stage_profile(
+    ctx: BenchContext, rate_index: int, batch: int, precision: str = "fp32"
+) -> dict[str, Any]:
+    """Per-image seconds of every stage at one rate, batch size and precision (cached)."""
     cache = ctx.cache.setdefault("stage_profile", {})
-    if (rate_index, batch) in cache:
-        return cache[(rate_index, batch)]
-    codec, model = ctx.codec, ctx.codec.model
+    if (rate_index, batch, precision) in cache:
+        return cache[(rate_index, batch, precision)]
+    codec, model = ctx.codec_for(precision), ctx.codec.model
     reps, warm = ctx.repeats, ctx.warmup
     rate = codec.ladder[rate_index]
     batches = cycle_batches(ctx.images, batch)
     n = sum(len(b) for b in batches)
     h, w = batches[0][0].shape[:2]
     ph, pw = padded_size(h, w, model.pad_multiple(rate_index))
-    inv = _rate_invariant(ctx, batches, rate, (batch, ph, pw))
+    inv = _rate_invariant(ctx, batches, rate, (batch, ph, pw), precision)
     z0 = inv["z0"]
     hyper, coder = model.hypers[rate_index], codec.coder(rate_index)
 
@@ -452,6 +455,7 @@ def stage_profile(ctx: BenchContext, rate_index: int, batch: int) -> dict[str, A
     prof = {
         "rate": rate_index,
         "batch": batch,
+        "precision": precision,
         "images": n,
         "image_size": [w, h],
         "seconds": {s: sec[s] for s in ENC_STAGES + DEC_STAGES},
@@ -463,248 +467,138 @@ def stage_profile(ctx: BenchContext, rate_index: int, batch: int) -> dict[str, A
         "ops_per_image": ops,
         "symbols_per_image": int(parsed[0][0].indices.size),
     }
-    cache[(rate_index, batch)] = prof
+    cache[(rate_index, batch, precision)] = prof
     return prof
 
 
 def section_stage_profile(ctx: BenchContext) -> dict[str, Any]:
-    """2. Time per image of every stage, at every rate, batch 1 and the best batch."""
-    profiles = {(r, b): stage_profile(ctx, r, b) for b in ctx.batch_sizes for r in ctx.rates}
-    totals = {b: sum(profiles[(r, b)]["total_s"] for r in ctx.rates) for b in ctx.batch_sizes}
-    best = min(totals, key=totals.get)
-    shares: dict[str, float] = {}
-    for r in ctx.rates:
-        p = profiles[(r, best)]
-        for s, v in p["seconds"].items():
-            shares[s] = shares.get(s, 0.0) + v / p["total_s"] / len(ctx.rates)
-    bottleneck = max(shares, key=shares.get)
-    size = profiles[(ctx.rates[0], 1)]["image_size"]
+    """2. Time per image of every stage, at every rate, batch size and precision (fp32, and
+    bf16 autocast where the CPU has it: ``ctx.precisions``), all measured in this run."""
+    precs, rates, nr = ctx.precisions, ctx.rates, len(ctx.rates)
+    profiles = {
+        (r, b, p): stage_profile(ctx, r, b, p)
+        for p in precs
+        for b in ctx.batch_sizes
+        for r in rates
+    }
+    # mean over rates of encode + decode seconds per image, per (batch, precision)
+    totals = {
+        (b, p): sum(profiles[(r, b, p)]["total_s"] for r in rates) / nr
+        for p in precs
+        for b in ctx.batch_sizes
+    }
+    by_prec: dict[str, dict[str, Any]] = {}
+    for p in precs:
+        best = min(ctx.batch_sizes, key=lambda b, p=p: totals[(b, p)])
+        shares: dict[str, float] = {}
+        for r in rates:
+            prof = profiles[(r, best, p)]
+            for s, v in prof["seconds"].items():
+                shares[s] = shares.get(s, 0.0) + v / prof["total_s"] / nr
+        by_prec[p] = {
+            "best_batch": best,
+            "best_total_s": totals[(best, p)],
+            "bottleneck": max(shares, key=shares.get),
+            "shares_at_best_batch": shares,
+            "batch_totals_s": {str(b): totals[(b, p)] for b in ctx.batch_sizes},
+        }
+    ref = precs[0]  # "fp32" unless --precision asked for bf16 alone
+    for p in precs[1:]:  # > 1: faster than the reference precision
+        by_prec[p]["speedup_vs_" + ref] = by_prec[ref]["best_total_s"] / by_prec[p]["best_total_s"]
+    main = by_prec[ref]
+    size = profiles[(rates[0], 1, ref)]["image_size"]
     stages = list(ENC_STAGES + DEC_STAGES)
 
-    def rows(b: int) -> list[list[Any]]:
+    def rows(b: int, ps: tuple[str, ...]) -> list[list[Any]]:
         return [
-            [r, *(ms(profiles[(r, b)]["seconds"][s]) for s in stages)]
-            + [ms(profiles[(r, b)]["encode_s"]), ms(profiles[(r, b)]["decode_s"])]
-            + [profiles[(r, b)]["bottleneck"]]
-            for r in ctx.rates
+            [r, p, *(ms(profiles[(r, b, p)]["seconds"][s]) for s in stages)]
+            + [ms(profiles[(r, b, p)]["encode_s"]), ms(profiles[(r, b, p)]["decode_s"])]
+            + [profiles[(r, b, p)]["bottleneck"]]
+            for r in rates
+            for p in ps
         ]
 
-    headers = ["rate", *stages, "encode", "decode", "bottleneck"]
-    tables = [table(f"ms per image, batch 1, {size[0]}x{size[1]}", headers, rows(1))]
-    if best != 1:
-        tables.append(table(f"ms per image, batch {best} (best)", headers, rows(best)))
+    headers = ["rate", "precision", *stages, "encode", "decode", "bottleneck"]
+    tables = [table(f"ms per image, batch 1, {size[0]}x{size[1]}", headers, rows(1, precs))]
+    for p in precs:
+        if by_prec[p]["best_batch"] != 1:
+            b = by_prec[p]["best_batch"]
+            tables.append(table(f"ms per image, {p}, batch {b} (best)", headers, rows(b, (p,))))
     tables.append(
         table(
             "Batch size: total ms per image (mean over rates)",
-            ["batch", "encode + decode ms/image", "images/s"],
+            ["batch", "precision", "encode + decode ms/image", "images/s", f"x faster than {ref}"],
             [
-                [b, ms(totals[b] / len(ctx.rates)), len(ctx.rates) / totals[b]]
+                [b, p, ms(totals[(b, p)]), 1 / totals[(b, p)], totals[(b, ref)] / totals[(b, p)]]
                 for b in ctx.batch_sizes
+                for p in precs
             ],
         )
     )
+    if len(precs) > 1:  # per stage, batch 1, mean over rates: where the speed-up comes from
+        mean = {
+            (s, p): sum(profiles[(r, 1, p)]["seconds"][s] for r in rates) / nr
+            for s in stages
+            for p in precs
+        }
+        for part, names in (("encode", ENC_STAGES), ("decode", DEC_STAGES), ("total", stages)):
+            for p in precs:
+                mean[(part, p)] = sum(mean[(s, p)] for s in names)
+        tables.append(
+            table(
+                "Precision per stage, batch 1, ms per image (mean over rates)",
+                ["stage", *precs, *(f"{ref} / {p}" for p in precs[1:])],
+                [
+                    [s, *(ms(mean[(s, p)]) for p in precs)]
+                    + [mean[(s, ref)] / mean[(s, p)] for p in precs[1:]]
+                    for s in [*stages, "encode", "decode", "total"]
+                ],
+            )
+        )
     gf_stages = ["latent_encode", "hyper_encode_vq", "hyper_decode", "denoiser", "latent_decode"]
     gf_rows = [
-        [r, *((profiles[(r, 1)]["gflop_per_image"] or {}).get(s) for s in gf_stages)]
-        for r in ctx.rates
+        [r, *((profiles[(r, 1, ref)]["gflop_per_image"] or {}).get(s) for s in gf_stages)]
+        for r in rates
     ]
     tables.append(
         table("GFLOP per image (torch FLOP counter, batch 1)", ["rate", *gf_stages], gf_rows)
     )
-    best_total = totals[best] / len(ctx.rates)
+    measured = "; ".join(
+        f"{p}: best batch {v['best_batch']}, {ms(v['best_total_s'])} ms/image encode+decode"
+        + (f" ({v['speedup_vs_' + ref]:.2f}x the speed of {ref})" if p != ref else "")
+        + f", bottleneck {v['bottleneck']} ({v['shares_at_best_batch'][v['bottleneck']]:.0%})"
+        for p, v in by_prec.items()
+    )
     return {
         "title": "Stage profile",
         "status": "info",
         "goal": "name the bottleneck",
-        "measured": (
-            f"{size[0]}x{size[1]}: best batch {best}, {ms(best_total)} ms/image encode+decode "
-            f"(mean over {len(ctx.rates)} rate(s)); bottleneck {bottleneck} "
-            f"({shares[bottleneck]:.0%} of the time)"
-        ),
+        "measured": f"{size[0]}x{size[1]}, mean over {nr} rate(s): {measured}",
         "shortfall": None,
         "reason": None,
-        "bottleneck": bottleneck,
-        "bottleneck_share": shares[bottleneck],
-        "shares_at_best_batch": shares,
-        "best_batch": best,
-        "batch_totals_s": {str(b): totals[b] / len(ctx.rates) for b in ctx.batch_sizes},
+        "bottleneck": main["bottleneck"],
+        "bottleneck_share": main["shares_at_best_batch"][main["bottleneck"]],
+        "shares_at_best_batch": main["shares_at_best_batch"],
+        "best_batch": main["best_batch"],
+        "batch_totals_s": main["batch_totals_s"],
+        "precisions": list(precs),
+        "by_precision": by_prec,
+        "note": ctx.precision_note,
         "stage_notes": STAGE_NOTES,
-        "profiles": [profiles[(r, b)] for b in ctx.batch_sizes for r in ctx.rates],
+        "profiles": list(profiles.values()),
         "figures": {
-            f"b{b}_rate{r}_{s}_ms": 1000 * profiles[(r, b)]["seconds"][s]
-            for b in ctx.batch_sizes
-            for r in ctx.rates
-            for s in stages
+            **{
+                ("" if p == ref else f"{p}_") + f"b{b}_rate{r}_{s}_ms": 1000
+                * profiles[(r, b, p)]["seconds"][s]
+                for p in precs
+                for b in ctx.batch_sizes
+                for r in rates
+                for s in stages
+            },
+            **{f"{p}_speedup": v["speedup_vs_" + ref] for p, v in by_prec.items() if p != ref},
         },
         "tables": tables,
     }
-
-
-# --------------------------------------------------------------------------- 3. peers
-
-
-def _bmshj(images: list[np.ndarray], repeats: int, warmup: int) -> dict[str, Any]:
-    from compressai.zoo import bmshj2018_hyperprior
-
-    with torch.inference_mode(False), torch.no_grad():
-        net = bmshj2018_hyperprior(quality=1, pretrained=False).eval()
-        net.update(force=True)
-    xs = []
-    for img in images:
-        h, w = img.shape[:2]
-        x = torch.tensor(img).permute(2, 0, 1)[None].float() / 255.0
-        ph, pw = padded_size(h, w, 64)
-        xs.append((torch.nn.functional.pad(x, (0, pw - w, 0, ph - h)), h, w))
-
-    def encode():
-        return [net.compress(x) for x, _, _ in xs]
-
-    def decode(coded):
-        out = []
-        for c, (_, h, w) in zip(coded, xs, strict=True):
-            x_hat = net.decompress(c["strings"], c["shape"])["x_hat"][..., :h, :w]
-            out.append((x_hat[0] * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
-        return out
-
-    coded = encode()
-    n, pixels = len(images), sum(i.shape[0] * i.shape[1] for i in images)
-    x0 = xs[0][0]
-    y = net.g_a(x0)
-    z = net.h_a(torch.abs(y))
-    return {
-        "encode_s": measure(encode, repeats, warmup).per(n),
-        "decode_s": measure(lambda: decode(coded), repeats, warmup).per(n),
-        "bpp": 8 * sum(len(s[0]) for c in coded for s in c["strings"]) / pixels,
-        "psnr_db": _mean([psnr(a, b) for a, b in zip(images, decode(coded), strict=True)]),
-        "gflop_per_image": gflops(lambda: net.g_a(x0))
-        + gflops(lambda: net.h_a(torch.abs(y)))
-        + gflops(lambda: net.h_s(z))
-        + gflops(lambda: net.g_s(y)),
-    }
-
-
-def _pillow(images: list[np.ndarray], repeats: int, warmup: int) -> dict[str, Any]:
-    from PIL import Image, features
-
-    out: dict[str, Any] = {}
-    n, pixels = len(images), sum(i.shape[0] * i.shape[1] for i in images)
-    for fmt, kwargs in PILLOW_CODECS:
-        if fmt == "AVIF" and not features.check("avif"):
-            out[fmt] = {"skipped": "Pillow built without AVIF"}
-            continue
-        pil = [Image.fromarray(i) for i in images]
-
-        def encode(pil=pil, fmt=fmt, kwargs=kwargs):
-            datas = []
-            for im in pil:
-                buf = io.BytesIO()
-                im.save(buf, fmt, **kwargs)
-                datas.append(buf.getvalue())
-            return datas
-
-        def decode(datas):
-            return [np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in datas]
-
-        datas = encode()
-        out[fmt] = {
-            "settings": kwargs,
-            "encode_s": measure(encode, repeats, warmup).per(n),
-            "decode_s": measure(lambda d=datas: decode(d), repeats, warmup).per(n),
-            "bpp": 8 * sum(len(d) for d in datas) / pixels,
-            "psnr_db": _mean([psnr(a, b) for a, b in zip(images, decode(datas), strict=True)]),
-        }
-    return out
-
-
-def section_peers(ctx: BenchContext) -> dict[str, Any]:
-    """3. oscar encode + decode vs CompressAI's bmshj2018-hyperprior and Pillow codecs."""
-    codec, n, imgs = ctx.codec, len(ctx.images), ctx.images
-    bm = _bmshj(imgs, ctx.repeats, ctx.warmup)
-    bm_total = bm["encode_s"] + bm["decode_s"]
-    pil = _pillow(imgs, ctx.repeats, ctx.warmup)
-    pixels = sum(i.shape[0] * i.shape[1] for i in imgs)
-    oscar, ok_all = {}, True
-    for r in ctx.sample_rates:
-        streams = _streams(codec, imgs, r)
-        enc = measure(lambda r=r: [codec.compress([i], r) for i in imgs], ctx.repeats, ctx.warmup)
-        last: dict[str, list[np.ndarray]] = {}
-
-        def decode(s=streams, last=last):
-            last["out"] = [codec.decompress([x])[0] for x in s]
-
-        dec = measure(decode, ctx.repeats, ctx.warmup)
-        total = enc.per(n) + dec.per(n)
-        ok = total <= bm_total
-        ok_all &= ok
-        oscar[str(r)] = {
-            "encode_s": enc.per(n),
-            "decode_s": dec.per(n),
-            "total_s": total,
-            "ratio_to_bmshj": total / bm_total,
-            "bpp": 8 * sum(len(s) for s in streams) / pixels,
-            "psnr_db": _mean([psnr(a, b) for a, b in zip(imgs, last["out"], strict=True)]),
-            "status": verdict(ok),
-        }
-    rows = [
-        [f"oscar rate {r}", ms(v["encode_s"]), ms(v["decode_s"]), ms(v["total_s"])]
-        + [v["ratio_to_bmshj"], v["bpp"], v["psnr_db"]]
-        for r, v in oscar.items()
-    ]
-    rows.append(["bmshj2018-hyperprior q1"] + [ms(bm["encode_s"]), ms(bm["decode_s"])])
-    rows[-1] += [ms(bm_total), 1.0, bm["bpp"], bm["psnr_db"]]
-    for fmt, v in pil.items():
-        if "skipped" in v:
-            rows.append([fmt, v["skipped"], None, None, None, None, None])
-            continue
-        tot = v["encode_s"] + v["decode_s"]
-        rows.append([f"{fmt} q{v['settings']['quality']}", ms(v["encode_s"]), ms(v["decode_s"])])
-        rows[-1] += [ms(tot), tot / bm_total, v["bpp"], v["psnr_db"]]
-    size = f"{imgs[0].shape[1]}x{imgs[0].shape[0]}"
-    worst = max(oscar, key=lambda k: oscar[k]["ratio_to_bmshj"])
-    res: dict[str, Any] = {
-        "title": "Against a learned-codec peer",
-        "status": verdict(ok_all),
-        "goal": "oscar-tiny encode + decode <= bmshj2018-hyperprior (ratio <= 1)",
-        "measured": "; ".join(
-            f"rate {r}: {ms(v['total_s'])} ms vs {ms(bm_total)} ms = {v['ratio_to_bmshj']:.2f}x"
-            for r, v in oscar.items()
-        ),
-        "shortfall": None,
-        "reason": None,
-        "oscar": oscar,
-        "bmshj2018_hyperprior": {**bm, "quality": 1, "pretrained": False},
-        "pillow": pil,
-        "note": (
-            "B=1 per image, same process and threads; bmshj2018 has random weights "
-            "(pretrained=False), so its bpp/PSNR say nothing about quality; input padded to "
-            "a multiple of 64"
-        ),
-        "figures": {
-            **{f"rate{r}_total_ms": 1000 * v["total_s"] for r, v in oscar.items()},
-            **{f"rate{r}_ratio": v["ratio_to_bmshj"] for r, v in oscar.items()},
-            "bmshj_total_ms": 1000 * bm_total,
-        },
-        "tables": [
-            table(
-                f"Per image, {size}, batch 1 (ms)",
-                ["codec", "encode", "decode", "total", "x bmshj", "bpp", "PSNR dB"],
-                rows,
-            )
-        ],
-    }
-    if not ok_all:
-        v = oscar[worst]
-        prof = stage_profile(ctx, int(worst), 1)
-        sec = prof["seconds"]
-        top = sorted(sec, key=sec.get, reverse=True)[:2]
-        gf = prof["gflop_per_image"] or {}
-        res["shortfall"] = f"rate {worst}: {v['ratio_to_bmshj']:.2f}x the peer's time"
-        res["reason"] = (
-            ", ".join(f"{s} {ms(sec[s])} ms ({sec[s] / prof['total_s']:.0%})" for s in top)
-            + f"; oscar {sum(gf.values()):.1f} GFLOP/image vs bmshj "
-            f"{bm['gflop_per_image']:.1f}"
-        )
-    return res
 
 
 # --------------------------------------------------------------------------- 7. entropy

@@ -78,11 +78,49 @@ class BenchContext:
     batch_sizes: tuple[int, ...]
     work_dir: Path  # scratch space (shards, Parquets), removed after the run
     cache: dict[str, Any] = field(default_factory=dict)  # results shared between sections
+    # precisions compared side by side in sections 2 and 3; the first is the reference
+    # (``codec``'s own, fp32 by default); ``precision_note`` says why one was left out
+    precisions: tuple[str, ...] = ("fp32",)
+    precision_note: str | None = None
+
+    def codec_for(self, precision: str) -> Any:
+        """A Codec sharing ``codec``'s model (same weights, device, batch size) that runs at
+        ``precision``; cached, so every section times the same object."""
+        if precision == self.codec.precision:
+            return self.codec
+        codecs = self.cache.setdefault("codecs", {})
+        if precision not in codecs:
+            c = self.codec
+            codecs[precision] = type(c)(
+                c.model, device=c.device, batch_size=c.batch_size, precision=precision
+            )
+        return codecs[precision]
 
     @property
     def sample_rates(self) -> list[int]:
         """The expensive sections (1, 3) run at the lowest and highest profiled rate."""
         return sorted({self.rates[0], self.rates[-1]})
+
+
+def parse_precisions(text: str | None) -> tuple[tuple[str, ...], str | None]:
+    """--precision "fp32,bf16" -> (precisions, note). Default: fp32, and bf16 when this CPU
+    has native bf16 (else a note saying why not). An explicit bf16 the CPU lacks raises."""
+    import torch
+
+    from oscar_core.precision import PRECISIONS, resolve_precision
+
+    if text is None:
+        try:
+            resolve_precision("bf16", torch.device("cpu"))
+        except ValueError as exc:
+            return ("fp32",), f"bf16 not measured: {exc}"
+        return ("fp32", "bf16"), None
+    wanted = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
+    if not wanted or any(v not in PRECISIONS for v in wanted):
+        raise ValueError(f'Invalid precision "{text}", should be a list of {PRECISIONS}')
+    for v in wanted:
+        resolve_precision(v, torch.device("cpu"))  # ValueError: no native bf16 here
+    return wanted, None
 
 
 def ms(seconds: float | None) -> float | None:

@@ -2,6 +2,7 @@
 
     oscar compress IN... -o OUT_DIR --rate R     -> OUT_DIR/<stem>.oscar
     oscar decompress IN.oscar... -o OUT_DIR      -> OUT_DIR/<stem>.png
+    (both: --precision fp32|bf16, bf16 autocast of the heavy stages; oscar_core/precision.py)
     oscar info FILE                              -> JSON on stdout
     oscar rates [--json]                         -> the rate ladder
     oscar demo                                   -> the embedded default (see jobs/demo.py)
@@ -31,7 +32,22 @@ def _load_codec(args: argparse.Namespace):
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    return Codec.from_pretrained(args.model, batch_size=getattr(args, "batch_size", 4))
+    return Codec.from_pretrained(
+        args.model,
+        batch_size=getattr(args, "batch_size", 4),
+        precision=getattr(args, "precision", "fp32"),  # ValueError (exit 2) without bf16
+    )
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """--precision fp32|bf16: bf16 autocast of the heavy stages (oscar_core/precision.py)."""
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="fp32 (default, deterministic) or bf16 (faster on CPUs/GPUs with bf16; "
+        "pixels within ~1 level of fp32 on average)",
+    )
 
 
 def _output_dir(path: str) -> Path:
@@ -197,12 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", required=True, help="ladder index (0..7) or nominal bpp (0.0313)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_precision(p)
 
     p = add("decompress", cmd_decompress, "decode .oscar bitstreams to PNG")
     p.add_argument("inputs", nargs="+", metavar="IN.oscar")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_precision(p)
 
     p = add("info", cmd_info, "describe a bitstream as JSON")
     p.add_argument("file", metavar="FILE")
@@ -249,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", default=None, help="ladder indices, e.g. 0,3,7 (default: all)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--precision",
+        default=None,
+        metavar="P[,P]",
+        help="sections 2 and 3: fp32,bf16 side by side (default: both where the CPU has bf16)",
+    )
     # -- end bench
 
     p = add("demo", cmd_demo, "the shard pipeline end to end on the bundled samples")

@@ -76,6 +76,7 @@ def cmd_encode_shards(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             resources=_resources(args),
             progress=not args.no_progress,
+            precision=args.precision,
         )
         report = run_encode(job)
         sh, s = report["shards"], report["summary"]
@@ -112,6 +113,7 @@ def cmd_decode_shards(args: argparse.Namespace) -> int:
             max_retries=args.max_retries,
             resources=_resources(args),
             progress=not args.no_progress,
+            precision=args.precision,
         )
         report = run_decode(job)
         s = report["summary"]
@@ -175,6 +177,12 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-worker", type=int, help="CPUs (= torch threads) per actor")
     p.add_argument("--address", help="Ray cluster address (default RAY_ADDRESS, else local)")
     p.add_argument("--batch-size", type=int, default=8, help="images per model call")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: autocast the heavy stages (faster where the CPU/GPU has bf16)",
+    )
     p.add_argument("--max-retries", type=int, default=3, help="retries of a failed shard")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -237,6 +245,7 @@ def cmd_recompress(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             resources=_resources(args),
             progress=not args.no_progress,
+            precision=args.precision,
         )
         report = run_recompress(job, quality_sample=args.quality_sample)
         sh, t = report["encode"]["shards"], report["totals"]

@@ -14,6 +14,7 @@ from .config import OscarConfig
 from .errors import BitstreamError
 from .ladder import Rate, RateLadder
 from .model import OscarModel
+from .precision import PRECISIONS
 from .registry import available_configs, get_config
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_MODEL_DIR",
     "OscarConfig",
     "OscarModel",
+    "PRECISIONS",
     "Rate",
     "RateLadder",
     "available_configs",

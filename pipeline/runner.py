@@ -71,6 +71,7 @@ class EncodeJob:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resources: Resources | None = None
     progress: bool = True
+    precision: str = "fp32"  # "bf16": the workers' codec autocasts its heavy stages
 
 
 @dataclass
@@ -85,6 +86,7 @@ class DecodeJob:
     backoff_s: float = 1.0
     resources: Resources | None = None
     progress: bool = True
+    precision: str = "fp32"
 
 
 def join(out: str, name: str) -> str:
@@ -193,7 +195,12 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
     failures: list[tuple[EncodeTask, str]] = []
     workers: list[dict[str, Any]] = []
     if tasks:
-        wconf = WorkerConfig(job.model_dir, batch_size=job.batch_size, max_pixels=job.max_pixels)
+        wconf = WorkerConfig(
+            job.model_dir,
+            batch_size=job.batch_size,
+            max_pixels=job.max_pixels,
+            precision=job.precision,
+        )
         results, failures, workers = execute(
             tasks,
             "encode_shard",
@@ -272,7 +279,7 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
         )
         for u in urls
     ]
-    wconf = WorkerConfig(job.model_dir, batch_size=job.batch_size)
+    wconf = WorkerConfig(job.model_dir, batch_size=job.batch_size, precision=job.precision)
     results, failures, workers = execute(
         tasks,
         "decode_shard",

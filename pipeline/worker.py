@@ -60,6 +60,7 @@ class WorkerConfig:
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
     chunk_batches: int = 8  # a chunk of batch_size * chunk_batches samples is grouped by size
     prefetch_chunks: int = 2  # decoded chunks waiting in the queue
+    precision: str = "fp32"  # or "bf16": autocast of the heavy stages (oscar_core/precision.py)
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,10 @@ class ShardWorker:
         self.gpu_ids = _ray_gpu_ids()
         device = pick_device(self.gpu_ids)
         self.codec = Codec.from_pretrained(  # an s3:// model is cached on this node first
-            storage.local_model_dir(config.model_dir), device=device, batch_size=config.batch_size
+            storage.local_model_dir(config.model_dir),
+            device=device,
+            batch_size=config.batch_size,
+            precision=config.precision,  # ValueError where the device has no native bf16
         )
         self.model_id = self.codec.model_id.hex()
         log.info("worker pid %d ready on %s (model %s)", os.getpid(), device, self.model_id)
@@ -213,6 +217,7 @@ class ShardWorker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "torch_threads": torch.get_num_threads(),
             "batch_size": self.config.batch_size,
+            "precision": self.codec.precision,
             "model_id": self.model_id,
         }
 

@@ -20,6 +20,7 @@ from jobs import cli
 from jobs.bench import parse_sections
 from jobs.bench_codec import DDIM_STEPS, DDIMDecoder
 from oscar_core import Codec
+from oscar_core.precision import cpu_supports_bf16
 from tests.conftest import smooth_image
 
 SECTIONS = [1, 2, 3, 7]
@@ -94,6 +95,21 @@ def test_section_contents(bench_run):
     peer = sections[3]
     assert peer["bmshj2018_hyperprior"]["encode_s"] > 0
     assert {"JPEG", "WEBP", "AVIF"} <= set(peer["pillow"])
+    # fp32 and, where the CPU has native bf16, bf16 rows measured side by side
+    precisions = ["fp32", "bf16"] if cpu_supports_bf16() else ["fp32"]
+    assert sections[2]["precisions"] == precisions == peer["precisions"]
+    assert set(sections[2]["by_precision"]) == set(precisions)
+    assert set(peer["bmshj2018_hyperprior_by_precision"]) == set(precisions)
+    for p in precisions:
+        for v in peer["oscar_by_precision"][p].values():
+            assert set(v["ratio_to_bmshj"]) == set(precisions) and v["total_s"] > 0
+    if "bf16" in precisions:
+        bf16 = next(iter(peer["oscar_by_precision"]["bf16"].values()))
+        assert 0 <= bf16["decode_delta_levels_mean"] <= 2  # of 255 levels
+        assert 0 <= bf16["index_flip_fraction"] <= 1
+        assert sections[2]["figures"]["bf16_speedup"] > 0
+    else:
+        assert "bf16 not measured" in sections[2]["note"]
     gain = next(iter(sections[7]["per_rate"].values()))
     assert gain["pmf_uniform"] is True  # a random model ships uniform pmfs
     assert gain["fixed_bits_per_image"] == gain["symbols_per_image"] * math.ceil(
