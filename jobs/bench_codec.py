@@ -407,7 +407,7 @@ def stage_profile(
     hyper, coder = model.hypers[rate_index], codec.coder(rate_index)
 
     def hyper_encode(z):
-        return channel_rms(z).half().float(), hyper.encode_indices(z).numpy()
+        return channel_rms(z), hyper.encode_indices(z).numpy()
 
     side = [hyper_encode(z) for z in z0]
 

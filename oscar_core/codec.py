@@ -141,7 +141,7 @@ class Codec:
         ph, pw = padded_size(height, width, self.model.pad_multiple(rate.index))
         x = pad_reflect(to_tensor(batch).to(self.device), ph, pw)  # (B,3,ph,pw)
         z0 = self.latent_encode(x)  # (B,4,ph/8,pw/8) float32
-        rms = channel_rms(z0).half().float().cpu()  # (B,4): what the decoder will see
+        rms = channel_rms(z0).cpu()  # (B,4); Header rounds it to the 1/16-octave code
         # fp32 whatever the precision: bf16 here flips many argmax indices (precision.py)
         indices = self.model.hypers[rate.index].encode_indices(z0).cpu().numpy()  # (B,hc,wc)
         coder = self.coder(rate.index)
