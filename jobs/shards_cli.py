@@ -110,6 +110,7 @@ def cmd_decode_shards(args: argparse.Namespace) -> int:
             format=args.format,
             as_files=args.as_files,
             batch_size=args.batch_size,
+            max_pixels=args.max_pixels,
             max_retries=args.max_retries,
             resources=_resources(args),
             progress=not args.no_progress,
@@ -210,6 +211,9 @@ def add_shard_commands(
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--as-shards", action="store_true", help="WebDataset tars (default)")
     mode.add_argument("--as-files", action="store_true", help="one file per image and field")
+    p.add_argument(
+        "--max-pixels", type=int, default=64_000_000, help="refuse streams declaring more"
+    )
     _add_cluster_args(p)
     _one_line_errors(p, "decode-shards")
 

@@ -84,6 +84,7 @@ class DecodeJob:
     batch_size: int = 8
     max_retries: int = 3
     backoff_s: float = 1.0
+    max_pixels: int = DEFAULT_MAX_PIXELS  # a stream declaring more is a failed row
     resources: Resources | None = None
     progress: bool = True
     precision: str = "fp32"
@@ -139,6 +140,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
     # 1. Validate everything before any work
     _check_positive(batch_size=job.batch_size, max_retries=job.max_retries, limit=job.limit)
     _check_positive(workers=res.workers, gpus_per_worker=res.gpus_per_worker)
+    _check_positive(max_pixels=job.max_pixels)
     model_config = _check_model(job.model_dir)
     plan = RatePlan.build(model_config.rate_ladder(), job.rate, job.rates_file)
     shards = storage.expand_shards(job.src)
@@ -264,6 +266,7 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
         raise ValueError(f'Invalid format "{job.format}", should be one of {sorted(FORMATS)}')
     _check_positive(batch_size=job.batch_size, max_retries=job.max_retries)
     _check_positive(workers=res.workers, gpus_per_worker=res.gpus_per_worker)
+    _check_positive(max_pixels=job.max_pixels)
     _check_model(job.model_dir)
     urls = sorted({u for spec in job.parquets for u in storage.expand_shards(spec)})
     names = unique_names(urls)
@@ -279,7 +282,12 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
         )
         for u in urls
     ]
-    wconf = WorkerConfig(job.model_dir, batch_size=job.batch_size, precision=job.precision)
+    wconf = WorkerConfig(
+        job.model_dir,
+        batch_size=job.batch_size,
+        max_pixels=job.max_pixels,
+        precision=job.precision,
+    )
     results, failures, workers = execute(
         tasks,
         "decode_shard",

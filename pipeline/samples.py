@@ -276,8 +276,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         width, height = img.size
         if width * height > max_pixels:
             raise SampleError(
-                f"decompression bomb: {width}x{height} = {width * height} pixels exceeds "
-                f"the limit of {max_pixels}"
+                f"too many pixels: {width}x{height} = {width * height} exceeds max_pixels = "
+                f"{max_pixels} (decompression-bomb guard; raise it with --max-pixels)"
             )
         if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
             raise SampleError(f"image size {width}x{height} outside 1..{MAX_SIDE} per side")

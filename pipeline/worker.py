@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from oscar_core import CODEC_VERSION, BitstreamError, Codec, Rate
+from oscar_core import CODEC_VERSION, BitstreamError, Codec, Rate, bitstream
 
 from . import storage
 from .parquet import ShardParquetWriter, iter_row_batches
@@ -380,6 +380,22 @@ class ShardWorker:
         result.seconds = time.perf_counter() - t0
         return result
 
+    def _check_pixels(self, stream: bytes) -> None:
+        """BitstreamError if the header declares more than ``max_pixels``.
+
+        Why: a stream's size says nothing about its image's (rANS spends well under a bit on
+        a likely symbol), so a 40-byte stream with a valid CRC can declare 65535x65535; the
+        entropy decoder would then allocate for millions of indices and the model decode a
+        gigapixel image. Bitstreams in a Parquet are untrusted, like images in a tar.
+        """
+        header, _ = bitstream.unpack(stream)
+        pixels = header.height * header.width
+        if pixels > self.config.max_pixels:
+            raise BitstreamError(
+                f"too many pixels: {header.width}x{header.height} = {pixels} exceeds "
+                f"max_pixels = {self.config.max_pixels} (raise it with --max-pixels)"
+            )
+
     def _decode_rows(
         self, rows: list[dict[str, Any]], fmt: str, sink: Any, result: DecodeResult
     ) -> None:
@@ -393,7 +409,9 @@ class ShardWorker:
                 meta = json.loads(row["metadata"] or "{}")
                 fields = {ext: restore_field(v) for ext, v in meta.items() if ext != fmt}
                 key = safe_key(row["key"])  # before the model: no work for a bad key
-                ready.append((key, self.codec.parse(row["bitstream"] or b""), fields))
+                stream = row["bitstream"] or b""
+                self._check_pixels(stream)  # before entropy decoding: a bomb costs nothing
+                ready.append((key, self.codec.parse(stream), fields))
             except (BitstreamError, ValueError, TypeError, AttributeError) as exc:
                 result.failures.append((repr(row["key"])[:200], f"{type(exc).__name__}: {exc}"))
         t0 = time.perf_counter()

@@ -1,0 +1,244 @@
+"""Fuzz target: the bitstream parser and the entropy decoder may only raise BitstreamError.
+
+    python -m tests.fuzz.fuzz_bitstream [libFuzzer flags] [corpus dir]     (atheris)
+    python -m tests.fuzz.fuzz_bitstream --hypothesis -max_total_time=600  (no atheris)
+    make fuzz                                    (FUZZ_SECONDS=600, corpus in out/fuzz/)
+
+With atheris installed (the ``dev`` extra) the run is coverage-guided: ``oscar_core``'s
+bitstream, entropy and codec modules are instrumented, libFuzzer mutates a seed corpus of
+real streams (a small image coded at every rate) and prints its own statistics; a failing
+input is saved as ``crash-<sha1>`` and the run exits non-zero. Without atheris (or with
+``--hypothesis``) the same ``one_input`` is driven by Hypothesis, in batches, until the
+time is up: random bytes and mutated seeds. Both print the number of cases run.
+
+The first byte of an input picks what the rest is fed to:
+
+    0  ``Codec.parse(rest)``: a raw stream (magic, lengths and CRC reject most of these);
+    1  the bytes after the model id, with magic, version, this model's id (or not) and the
+       CRC made right, so the field checks and the entropy decoder are reached;
+    2  ``IndexCoder.decode(payload, count)`` on one rate's coder, count from two bytes;
+    3  round trip: indices from the bytes, ``encode`` then ``decode`` must give them back.
+
+Anything but ``BitstreamError`` escaping (or a wrong round trip, or a parsed stream whose
+indices are out of range) is a finding.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import numpy as np
+
+try:  # optional: without it, the Hypothesis fallback below
+    import atheris
+except ImportError:
+    atheris = None
+
+MODES = 4
+# Streams declaring more pixels are only header-parsed: a 36-byte stream can declare
+# 54735x16597, which Codec.parse then decodes (~430 MB, 1.3 s); the batch decoder refuses
+# such rows before parsing (pipeline/worker.py, _check_pixels).
+MAX_PIXELS = 4_000_000
+_codec = None
+cases = 0  # inputs run by this process
+
+
+def _load(instrument: bool = False) -> None:
+    """Import the code under test; instrumented for atheris when ``instrument``.
+
+    Only ``python -m`` with atheris instruments (``run_atheris``), never an import from
+    pytest, so the rest of a test session runs plain bytecode.
+    """
+    global bitstream, Codec, MAX_SYMBOLS, BitstreamError
+    under_test = ["oscar_core.bitstream", "oscar_core.entropy", "oscar_core.codec"]
+    ctx = atheris.instrument_imports(include=under_test) if instrument else nullcontext()
+    with ctx:
+        from oscar_core import bitstream
+        from oscar_core.codec import Codec
+        from oscar_core.entropy import MAX_SYMBOLS
+        from oscar_core.errors import BitstreamError
+
+
+def codec():  # noqa: ANN201 - an oscar_core.Codec
+    """The shipped model, loaded once (only its ids, ladder and entropy coders are used)."""
+    global _codec
+    if _codec is None:
+        if "Codec" not in globals():  # not loaded by run_atheris: plain imports
+            _load()
+        _codec = Codec.from_pretrained()
+    return _codec
+
+
+def _fixed_up(rest: bytes) -> bytes:
+    """``rest`` as the bytes after the model id, inside a stream with the right magic,
+    version, model id (this model's, or a foreign one) and CRC: the field checks and the
+    entropy decoder are reached. Only the parts every format version shares are assumed:
+    ``magic | version | model id | rate (1) | H (2) | W (2) | ...`` and a CRC-32 trailer.
+    """
+    c = codec()
+    head = rest[0] if rest else 0
+    tail = bytearray(rest[1:])
+    model_id = c.model_id if head & 1 else bytes(b ^ 0xFF for b in c.model_id)
+    if head & 2 and len(tail) >= 5:  # a rate on the ladder and a small image
+        h, w = struct.unpack_from(">HH", tail, 1)
+        struct.pack_into(">BHH", tail, 0, tail[0] % len(c.ladder), 1 + h % 1024, 1 + w % 1024)
+    body = bitstream.MAGIC + bytes([bitstream.VERSION]) + model_id + bytes(tail)
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def _check_parsed(parsed) -> None:  # noqa: ANN001
+    idx = parsed.indices
+    K = codec().coder(parsed.rate.index).K
+    assert idx.ndim == 2 and idx.dtype == np.int64, (idx.shape, idx.dtype)
+    assert idx.size == 0 or (idx.min() >= 0 and idx.max() < K), "index outside the codebook"
+
+
+def one_input(data: bytes) -> str:
+    """Run one input; returns "ok", "big" (header only, see MAX_PIXELS) or "rejected"
+    (BitstreamError). Anything else raises."""
+    global cases
+    cases += 1
+    mode, rest = (data[0] % MODES, data[1:]) if data else (0, b"")
+    c = codec()
+    try:
+        if mode in (0, 1):
+            stream = rest if mode == 0 else _fixed_up(rest)
+            header, _ = bitstream.unpack(stream)
+            if header.height * header.width > MAX_PIXELS:
+                return "big"  # legal, but decoding it costs ~50 bytes of RAM per pixel
+            _check_parsed(c.parse(stream))
+        elif mode == 2:
+            coder = c.coder((rest[:1] or b"\0")[0] % len(c.ladder))
+            count = int.from_bytes(rest[1:3].ljust(2, b"\0"), "big")
+            out = coder.decode(rest[3:], count)
+            assert out.shape == (count,) and (count == 0 or 0 <= out.min() <= out.max() < coder.K)
+        else:
+            coder = c.coder((rest[:1] or b"\0")[0] % len(c.ladder))
+            body = rest[1:]
+            x = np.frombuffer(body[: len(body) // 2 * 2], ">u2").astype(np.int64) % coder.K
+            x = x[:MAX_SYMBOLS]
+            back = coder.decode(coder.encode(x), x.size)
+            assert np.array_equal(back, x), "entropy round trip changed the indices"
+    except BitstreamError:
+        return "rejected"
+    return "ok"
+
+
+def seeds() -> list[bytes]:
+    """Real streams (a 48x64 image at every rate) as mode-0 and mode-1 inputs."""
+    c = codec()
+    yy, xx = np.mgrid[0:48, 0:64]
+    img = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).astype(np.uint8)
+    out = []
+    for rate in range(len(c.ladder)):
+        (stream,) = c.compress([img], rate)
+        out.append(b"\0" + stream)
+        out.append(b"\1\1" + stream[3 + bitstream.MODEL_ID_BYTES : -4])  # this model's id
+    return out
+
+
+# ------------------------------------------------------------------------- runners
+
+
+def _mutate(rng: np.random.Generator, data: bytes) -> bytes:
+    b = bytearray(data)
+    for _ in range(int(rng.integers(1, 6))):
+        op = int(rng.integers(0, 4))
+        if op == 0 and b:  # flip a byte
+            b[int(rng.integers(0, len(b)))] = int(rng.integers(0, 256))
+        elif op == 1 and b:  # truncate
+            del b[int(rng.integers(1, len(b) + 1)) :]
+        elif op == 2:  # insert random bytes
+            at = int(rng.integers(0, len(b) + 1))
+            b[at:at] = rng.bytes(int(rng.integers(1, 9)))
+        elif b:  # keep the mode byte, change the mode
+            b[0] = int(rng.integers(0, MODES))
+    return bytes(b)
+
+
+def run_hypothesis(seconds: float, *, log: Callable[[str], None] = print) -> int:
+    """Feed ``one_input`` from Hypothesis until ``seconds`` pass; returns the cases run."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    corpus = seeds()
+    start, n0 = time.monotonic(), cases
+    inputs = st.one_of(
+        st.binary(max_size=512),
+        st.builds(
+            lambda s, seed: _mutate(np.random.default_rng(seed), s),
+            st.sampled_from(corpus),
+            st.integers(0, 2**32 - 1),
+        ),
+    )
+
+    @settings(
+        max_examples=300,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(inputs)
+    def batch(data: bytes) -> None:
+        one_input(data)
+
+    for s in corpus:
+        assert one_input(s) == "ok", "a seed stream does not parse"
+    next_log = 10.0
+    while (elapsed := time.monotonic() - start) < seconds:
+        batch()
+        if elapsed >= next_log:
+            log(f"fuzz_bitstream: {cases - n0} cases in {elapsed:.0f} s")
+            next_log *= 2
+    elapsed = time.monotonic() - start
+    n = cases - n0
+    log(
+        f"fuzz_bitstream (hypothesis): {n} cases in {elapsed:.1f} s ({n / elapsed:.0f}/s), none failed"
+    )
+    return n
+
+
+def run_atheris(argv: list[str]) -> None:
+    """libFuzzer's main loop (never returns). Seeds go into the first corpus directory."""
+    _load(instrument=True)
+    dirs = [a for a in argv[1:] if not a.startswith("-")]
+    if not dirs:
+        dirs = [os.path.join("out", "fuzz", "corpus")]
+        argv = [*argv, dirs[0]]
+    os.makedirs(dirs[0], exist_ok=True)
+    for i, s in enumerate(seeds()):
+        with open(os.path.join(dirs[0], f"seed-{i:02d}"), "wb") as f:
+            f.write(s)
+    t0 = time.monotonic()
+
+    def target(data: bytes) -> None:
+        one_input(data)
+        if cases & (cases - 1) == 0 and cases >= 1024:  # powers of two
+            dt = time.monotonic() - t0
+            print(f"fuzz_bitstream: {cases} cases in {dt:.0f} s ({cases / dt:.0f}/s)", flush=True)
+
+    atheris.Setup(argv, target)
+    atheris.Fuzz()
+
+
+def main(argv: list[str]) -> int:
+    if atheris is not None and "--hypothesis" not in argv:
+        run_atheris(argv)
+        return 0
+    seconds = 600.0
+    for a in argv[1:]:
+        if a.startswith("-max_total_time="):
+            seconds = float(a.split("=", 1)[1])
+    run_hypothesis(seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

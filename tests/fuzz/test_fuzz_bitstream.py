@@ -1,0 +1,97 @@
+"""The long-run drivers under ``make test``: bounded fuzz runs, and the soak's oracle.
+
+``make fuzz`` runs tests/fuzz/fuzz_bitstream.py for minutes; here: a few seconds of the
+Hypothesis driver in-process, and (when atheris is installed) a short libFuzzer run of the
+real ``python -m`` entry point, so a broken target is noticed before a long run needs it.
+``make soak`` (tests/fuzz/soak_pipeline.py) trusts ``make_shard``'s expectations (which
+keys exist, which are ``ok``); they are checked here against ``read_samples`` on the same
+tars, without S3 or Ray, so that a soak failure means the pipeline, not the oracle.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.samples import read_samples
+from tests.fuzz import fuzz_bitstream as fb
+from tests.fuzz.soak_pipeline import MAX_PIXELS, check_rows, make_shard
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_seeds_are_real_streams_that_parse():
+    seeds = fb.seeds()
+    assert len(seeds) == 2 * len(fb.codec().ladder)
+    assert [fb.one_input(s) for s in seeds] == ["ok"] * len(seeds)
+    # Every mode rejects garbage with BitstreamError only (one_input returns "rejected").
+    assert fb.one_input(b"\0garbage") == "rejected"
+    assert fb.one_input(b"\2\0\0\x10" + b"\xff" * 7) == "rejected"  # 7 bytes: not words
+
+
+def test_hypothesis_driver_few_seconds():
+    lines: list[str] = []
+    n = fb.run_hypothesis(3.0, log=lines.append)
+    assert n > 100
+    assert re.search(r"\d+ cases in [\d.]+ s \(\d+/s\), none failed", lines[-1])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed")
+def test_atheris_entry_point_short_run(tmp_path):
+    corpus = tmp_path / "corpus"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "tests.fuzz.fuzz_bitstream", "-runs=3000", "-seed=1"),
+            f"-artifact_prefix={tmp_path}/",
+            str(corpus),
+        ],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "Done 3000 runs" in output
+    assert not list(tmp_path.glob("crash-*")) and not list(REPO.glob("crash-*"))
+    assert len(list(corpus.glob("seed-*"))) == len(fb.seeds())
+
+
+# ------------------------------------------------------------------ the soak's oracle
+
+
+def test_make_shard_expectations_match_the_reader():
+    kinds_seen = set()
+    for seed in range(12):
+        plan = make_shard(np.random.default_rng(seed), f"shard-{seed:06d}")
+        samples = list(read_samples(io.BytesIO(plan.tar), max_pixels=MAX_PIXELS))
+        table = pa.table(
+            {
+                "key": [s.key for s in samples],
+                "status": ["ok" if s.ok else "error" for s in samples],
+            }
+        )
+        assert check_rows([plan], {plan.name: table}) == [], [(s.key, s.error) for s in samples]
+        kinds_seen |= {s.error.split(":")[1].strip() for s in samples if s.error}
+    assert len(kinds_seen) >= 4  # the bad inputs really vary
+
+
+def test_check_rows_reports_duplicates_and_missing_keys():
+    plan = make_shard(np.random.default_rng(0), "shard-000000", n=3)
+    keys = list(plan.expect)
+    dup = pa.table({"key": [keys[0], keys[0], keys[1]], "status": ["ok"] * 3})
+    (problem, *_) = check_rows([plan], {plan.name: dup})
+    assert f"missing ['{keys[2]}']" in problem and keys[0] in problem
+    assert check_rows([plan], {}) == ["shard-000000: no Parquet"]
