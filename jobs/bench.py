@@ -56,7 +56,7 @@ SECTIONS: dict[int, tuple[str, str]] = {
     7: ("jobs.bench_codec", "section_entropy_gain"),
     8: ("jobs.bench_pipeline", "section_s3"),
 }
-FULL = {"repeats": 5, "warmup": 1, "batch_sizes": (1, 2, 4)}
+FULL = {"repeats": 3, "warmup": 1, "batch_sizes": (1, 2, 4)}  # fits 15 min on 2 cores
 QUICK = {"repeats": 2, "warmup": 1, "batch_sizes": (1, 2)}
 
 

@@ -36,6 +36,7 @@ def _load_codec(args: argparse.Namespace):
         args.model,
         batch_size=getattr(args, "batch_size", 4),
         precision=getattr(args, "precision", "fp32"),  # ValueError (exit 2) without bf16
+        **({"max_pixels": args.max_pixels} if getattr(args, "max_pixels", None) else {}),
     )
 
 
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IN.oscar")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--max-pixels", type=int, default=None, help="refuse streams declaring more (64 MP)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_precision(p)
 

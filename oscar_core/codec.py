@@ -42,6 +42,7 @@ from .precision import compute_precision, resolve_precision
 from .registry import get_config
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "oscar-tiny"
+DEFAULT_MAX_PIXELS = 64_000_000  # largest declared image a stream may decode to (64 MP)
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,15 @@ class Codec:
         device: str | torch.device = "cpu",
         batch_size: int = 4,
         precision: str = "fp32",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         if batch_size < 1:
             raise ValueError(f'Invalid batch_size "{batch_size}", should be >= 1')
+        if max_pixels < 1:
+            raise ValueError(f'Invalid max_pixels "{max_pixels}", should be >= 1')
+        # A 20-byte stream may declare 65535x65535: parse refuses more than this many pixels
+        # before it allocates the index grid (or the decoder the image).
+        self.max_pixels = max_pixels
         self.device = torch.device(device)
         # "fp32" or "bf16" (ValueError where the device has no native bf16)
         self.precision = resolve_precision(precision, self.device)
@@ -170,6 +177,11 @@ class Codec:
                 f"rate index {header.rate_index} not on this model's ladder (0..{len(self.ladder) - 1})"
             )
         rate = self.ladder[header.rate_index]
+        if header.height * header.width > self.max_pixels:
+            raise BitstreamError(
+                f"declares a {header.width}x{header.height} image = "
+                f"{header.width * header.height} pixels, over max_pixels = {self.max_pixels}"
+            )
         # The padded latent (B,4,ph/8,pw/8) follows from (H, W) and the rate's padding rule;
         # the code grid is that divided by the hyper-encoder's downsampling.
         ph, pw = padded_size(header.height, header.width, self.model.pad_multiple(rate.index))

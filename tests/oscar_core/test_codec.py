@@ -119,3 +119,19 @@ def test_foreign_model_is_a_clear_error(tiny_codec):
 def test_bad_images_are_clear_errors(tiny_codec, bad):
     with pytest.raises(ValueError, match="image 0"):
         tiny_codec.compress([bad], 0)
+
+
+def test_huge_declared_image_is_refused_before_any_allocation(tiny_codec):
+    # A valid 20-byte stream (correct CRC) may declare 65535x65535 = 4.3 G pixels
+    from oscar_core import bitstream
+
+    header = bitstream.Header(tiny_codec.model_id, 0, 65535, 65535, (1.0,) * 4)
+    stream = bitstream.pack(header, b"")
+    with pytest.raises(BitstreamError, match="over max_pixels = 64000000"):
+        tiny_codec.parse(stream)
+    small = Codec(tiny_codec.model, max_pixels=100)
+    (ok,) = tiny_codec.compress([smooth_image(20, 30)], 0)
+    with pytest.raises(BitstreamError, match="30x20 image = 600 pixels"):
+        small.parse(ok)
+    with pytest.raises(ValueError, match="max_pixels"):
+        Codec(tiny_codec.model, max_pixels=0)
