@@ -7,7 +7,7 @@
 Sections (one function each, returning a dict; see ``bench_common`` for its keys):
 
     1  one step vs a 50-step DDIM decode of the same bitstreams   (bench_codec)
-    2  stage profile per rate, batch size and precision           (bench_codec)
+    2  stage profile per rate, batch size and precision           (bench_profile)
     3  oscar vs bmshj2018-hyperprior and Pillow JPEG/WebP/AVIF     (bench_peer)
     4  encode-shards vs the bare model in the same worker          (bench_pipeline)
     5  1 vs 2 CPU actors through Ray + projected images/s per GPU  (bench_pipeline)
@@ -48,7 +48,7 @@ DEFAULT_OUT = "docs/benchmarks"
 # number -> (module, function)
 SECTIONS: dict[int, tuple[str, str]] = {
     1: ("jobs.bench_codec", "section_one_vs_many"),
-    2: ("jobs.bench_codec", "section_stage_profile"),
+    2: ("jobs.bench_profile", "section_stage_profile"),
     3: ("jobs.bench_peer", "section_peers"),
     4: ("jobs.bench_pipeline", "section_efficiency"),
     5: ("jobs.bench_pipeline", "section_scaling"),

@@ -27,8 +27,9 @@ import torch
 from oscar_core.images import padded_size
 from oscar_core.precision import compute_precision
 
-from .bench_codec import _mean, _streams, gflops, stage_profile
+from .bench_codec import _mean, _streams
 from .bench_common import BenchContext, measure, ms, psnr, table, verdict
+from .bench_profile import gflops, stage_profile
 
 # Pillow codecs at a low quality
 PILLOW_CODECS = (("JPEG", {"quality": 10}), ("WEBP", {"quality": 10}), ("AVIF", {"quality": 10}))

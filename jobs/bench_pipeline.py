@@ -193,7 +193,7 @@ def _projection(ctx: BenchContext, rate: int) -> dict[str, Any]:
     """Images/s per GPU from the CPU stage profile: a projection, not a measurement."""
     from PIL import Image
 
-    from .bench_codec import stage_profile
+    from .bench_profile import stage_profile
 
     prof = stage_profile(ctx, rate, 1)
     gf, sec = prof["gflop_per_image"] or {}, prof["seconds"]
