@@ -10,10 +10,10 @@ Sections (one function each, returning a dict; see ``bench_common`` for its keys
     2  stage profile per rate, batch size and precision           (bench_profile)
     3  oscar vs bmshj2018-hyperprior and Pillow JPEG/WebP/AVIF     (bench_peer)
     4  encode-shards vs the bare model in the same worker          (bench_pipeline)
-    5  1 vs 2 CPU actors through Ray + projected images/s per GPU  (bench_pipeline)
+    5  1 vs 2 CPU actors through Ray + projected images/s per GPU  (bench_scaling)
     6  peak RSS of a worker for shards of 100 vs 1,000 images      (bench_pipeline)
     7  rANS vs fixed-length bits of the VQ indices per rate        (bench_codec)
-    8  storage.open_read vs boto3 get_object on the local radosgw  (bench_pipeline)
+    8  storage.open_read vs boto3 get_object on the local radosgw  (bench_s3)
 
 Every figure is the median of ``--repeats`` runs after a warm-up run; every comparison runs
 both sides in this process with the same torch threads, under ``torch.inference_mode()``.
@@ -51,10 +51,10 @@ SECTIONS: dict[int, tuple[str, str]] = {
     2: ("jobs.bench_profile", "section_stage_profile"),
     3: ("jobs.bench_peer", "section_peers"),
     4: ("jobs.bench_pipeline", "section_efficiency"),
-    5: ("jobs.bench_pipeline", "section_scaling"),
+    5: ("jobs.bench_scaling", "section_scaling"),
     6: ("jobs.bench_pipeline", "section_memory"),
     7: ("jobs.bench_codec", "section_entropy_gain"),
-    8: ("jobs.bench_pipeline", "section_s3"),
+    8: ("jobs.bench_s3", "section_s3"),
 }
 FULL = {"repeats": 3, "warmup": 1, "batch_sizes": (1, 2, 4)}  # fits 15 min on 2 cores
 QUICK = {"repeats": 2, "warmup": 1, "batch_sizes": (1, 2)}
