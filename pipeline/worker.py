@@ -9,7 +9,8 @@ also call it directly. The contract, one call per shard::
 Inside ``encode_shard`` two things overlap: a background thread streams the tar from
 storage and decodes images (Pillow releases the GIL), handing chunks over a bounded queue,
 while the caller's thread runs the model (torch releases the GIL too). The queue holds at
-most ``prefetch_chunks`` chunks, so memory stays flat whatever the shard size.
+most ``prefetch_chunks`` chunks, so memory stays flat whatever the shard size (the
+read-ahead is ``_Prefetch`` in ``prefetch.py``).
 
 Failure rules: a bad sample is an error row; an image the codec rejects (ValueError) or
 cannot fit in memory is an error row; anything else (storage, a broken device) fails the
@@ -21,13 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import socket
 import tempfile
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +37,7 @@ from oscar_core import CODEC_VERSION, BitstreamError, Codec, Rate, bitstream
 
 from . import storage
 from .parquet import ShardParquetWriter, iter_row_batches
+from .prefetch import _DONE, _Failure, _Prefetch  # noqa: F401 - moved there, re-exported
 from .report import DecodeResult, ShardResult, now_iso, write_stats
 from .samples import (
     DEFAULT_MAX_MEMBER_BYTES,
@@ -113,73 +113,6 @@ def _ray_node() -> tuple[str | None, str | None]:
         return None, None
     ctx = ray.get_runtime_context()
     return ctx.get_node_id(), ray.util.get_node_ip_address()
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-_DONE = object()
-
-
-class _Prefetch:
-    """Run ``produce()`` (an iterator) in a daemon thread; iterate its items here.
-
-    The queue is bounded, so the producer runs at most ``depth`` items ahead. An exception in
-    the producer is re-raised in the consumer; leaving the ``with`` early stops the producer.
-    """
-
-    def __init__(self, produce: Callable[[], Iterator[Any]], depth: int) -> None:
-        self._produce = produce
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="shard-prefetch", daemon=True)
-        self.wait_seconds = 0.0  # time the consumer spent waiting for the producer
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for item in self._produce():
-                if not self._put(item):
-                    return
-            self._put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
-            self._put(_Failure(exc))
-
-    def __enter__(self) -> _Prefetch:
-        self._thread.start()
-        return self
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            t0 = time.perf_counter()
-            item = self._queue.get()
-            self.wait_seconds += time.perf_counter() - t0
-            if item is _DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        deadline = time.monotonic() + 60
-        while self._thread.is_alive() and time.monotonic() < deadline:
-            try:  # unblock a producer waiting on a full queue
-                self._queue.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        if self._thread.is_alive():  # stuck in a read: it is a daemon, leave it behind
-            log.warning("prefetch thread still busy after 60 s; abandoning it")
 
 
 class ShardWorker:
