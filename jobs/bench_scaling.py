@@ -19,7 +19,7 @@ import numpy as np
 from .bench_common import BenchContext, measure, not_run, table, verdict
 from .bench_pipeline import _pipeline_rate, _png, pipeline_api, write_shard
 
-SCALING_GOAL = 1.6  # bench's own: 2 actors >= 1.6x one actor (80% parallel efficiency)
+SCALING_GOAL = 1.7  # issue #5: 2 actors >= 1.7x one actor on this 2-core machine (85% efficiency)
 # GPU projection (section 5): assumptions, recorded with the figure
 GPU_EFFECTIVE_TFLOPS = 20.0  # sustained FP32/TF32 conv throughput of one A100/H100-class GPU
 GPU_OP_LAUNCH_US = 5.0  # per kernel launch (an aten op), paid once per batch
