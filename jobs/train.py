@@ -6,6 +6,8 @@
             index histograms -> the entropy coder's static pmfs (stored in the model)
     stage2  joint: denoiser + hyper-encoders + embedding, one random rate per step:
             L1 + (1 - SSIM) + latent L1 + alignment (-cos per channel) + adversarial
+    stage3  optional (steps > 0): the latent decoder alone on the codec's z0_hat, everything
+            upstream frozen (bitstreams stay valid): jobs/train_decoder.py
 
 Each stage checkpoints to ``<out>/ckpt/<stage>.pt`` (resumable: re-run the same command) and
 marks itself done with ``<stage>.done``; ``max_minutes`` bounds one invocation. The final
@@ -31,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from jobs.train_data import CropSampler, load_images, split
+from jobs.train_decoder import DecoderLoss, decoder_parameters
 from jobs.train_dist import DistContext, init_distributed, launch
 from jobs.train_losses import PatchDiscriminator, Stage2Loss, autoencoder_loss, fit_rate
 from oscar_core import OscarModel, get_config
@@ -64,6 +67,9 @@ class TrainConfig:
     stage0: StageConfig = field(default_factory=lambda: StageConfig(3000, 8, 128, 1e-3))
     stage1: StageConfig = field(default_factory=lambda: StageConfig(1500, 16, 256, 1e-3))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(1500, 4, 128, 2e-4))
+    fit_timesteps: bool = True  # False: keep the base model's t_r table (a decoder-only run)
+    # stage 3 (optional, steps 0 = skipped): the latent decoder alone, on the codec's z0_hat
+    stage3: StageConfig = field(default_factory=lambda: StageConfig(0, 4, 128, 1e-4))
     save_dtype: str = "float16"  # dtype of the shipped weights
     # Refinement of a trained model (base = its directory): stage 1 trains only these
     # hyper-encoders (None: all); stage0.steps = 0 skips stage 0 and keeps the latent scale.
@@ -83,7 +89,7 @@ class TrainConfig:
     def from_json(cls, path: str | Path, **overrides) -> TrainConfig:
         data = json.loads(Path(path).read_text()) if path else {}
         data.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("stage0", "stage1", "stage2"):
+        for name in ("stage0", "stage1", "stage2", "stage3"):
             if name in data and isinstance(data[name], dict):
                 data[name] = StageConfig(**data[name])
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
@@ -294,7 +300,7 @@ class Trainer:
 
     def fit(self) -> None:
         """Refit t_r per rate and the entropy coder's pmfs on held-out crops."""
-        if "fit" in self.summary:
+        if "fit" in self.summary or not self.cfg.fit_timesteps:
             return
         rows = self._held_fit_rows()
         self.model.config.ladder = [
@@ -353,6 +359,24 @@ class Trainer:
         self.model.hypers.train()
         return self.run_stage("stage2", cfg, [p for p in params if p.requires_grad], loss)
 
+    def stage3(self) -> bool:
+        """Decoder fine-tune on z0_hat (jobs/train_decoder.py); skipped with 0 steps."""
+        cfg = self.cfg.stage3
+        if cfg.steps == 0:
+            return True
+        x_all, z0_all = self._latent_cache(
+            self.train_sampler, self.cfg.cache_crops, cfg.crop, "train"
+        )
+        self.model.eval().requires_grad_(False)  # upstream frozen: bitstreams stay valid
+        params = decoder_parameters(self.model)
+        for p in params:
+            p.requires_grad_(True)
+        self.model.autoencoder.vae.decoder.train()
+        disc = PatchDiscriminator().to(self.device)
+        loss = DecoderLoss(self.model, disc, x_all, z0_all, cfg.batch, self.device,
+                           self.dist.seed(self.cfg.seed), grad_sync=self.dist.all_reduce_grads)  # fmt: skip
+        return self.run_stage("stage3", cfg, params, loss)
+
     def run(self) -> bool:
         for stage in (self.stage0, self.stage1):
             if not stage():
@@ -361,6 +385,8 @@ class Trainer:
         if not self.stage2():
             return False
         self.refit_pmfs()
+        if not self.stage3():
+            return False
         self.model.eval()
         final = self.out / "model"
         self.model.config.notes = {**self.model.config.notes, "training": self.summary}

@@ -151,3 +151,23 @@ def test_lpips_from_local_weights_reaches_the_generator(tmp_path):
     grads = [p.grad for p in model.denoiser.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for p in loss.lpips.parameters())  # the network stays frozen
+
+
+def test_decoder_stage_changes_only_the_decoder(tmp_path):
+    base = tiny_run(tmp_path / "base", steps=1)
+    assert Trainer(base).run()
+    base_dir = tmp_path / "base" / "run" / "model"
+    cfg = tiny_run(tmp_path, steps=0, fit_timesteps=False)
+    cfg.base, cfg.stage3 = str(base_dir), StageConfig(2, 2, 64, 1e-3)
+    assert Trainer(cfg).run()
+    before = OscarModel.from_pretrained(base_dir)
+    after = OscarModel.from_pretrained(tmp_path / "run" / "model")
+    assert [r.t for r in after.ladder] == [r.t for r in before.ladder]  # t_r kept
+    a, b = before.state_dict(), after.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all(k.startswith("autoencoder.vae.decoder.") or
+                           k.startswith("autoencoder.vae.post_quant_conv.") for k in changed)  # fmt: skip
+    # the bitstream does not change: same encoder, hyper-encoders and pmfs
+    image = smooth_image(64, 64)
+    (s_before,), (s_after,) = Codec(before).compress([image], 2), Codec(after).compress([image], 2)
+    assert s_before[7:-4] == s_after[7:-4]  # all but the model id and the CRC over it
