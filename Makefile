@@ -50,7 +50,7 @@ fuzz: setup
 	while (( SECONDS < end )); do left=$$((end - SECONDS)); \
 		OMP_NUM_THREADS=1 $(PY) -m tests.fuzz.fuzz_bitstream \
 			-max_total_time=$$(( left < $(FUZZ_SESSION) ? left : $(FUZZ_SESSION) )) \
-			-rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix=out/fuzz/ out/fuzz/corpus \
+			-rss_limit_mb=4096 -malloc_limit_mb=1024 -timeout=10 -print_final_stats=1 -artifact_prefix=out/fuzz/ out/fuzz/corpus \
 			2>&1 | tee -a out/fuzz/fuzz.log | grep -E '^(fuzz_bitstream|Done|==|SUMMARY)' || exit 1; \
 	done; grep -hE '^(Done|fuzz_bitstream \(hyp)' out/fuzz/fuzz.log | \
 		awk '{n += ($$1 == "Done") ? $$2 : $$3} END {print "make fuzz: " n " cases, none failed"}'

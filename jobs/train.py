@@ -350,7 +350,7 @@ class Trainer:
         d = self.dist
         weights = {"lpips": self.cfg.lpips_weight} if self.cfg.lpips_weights else {}
         loss = Stage2Loss(self.model, disc, x_all, z0_all, cfg.batch, self.device,
-                          d.seed(self.cfg.seed), weights, extra_loss=self.diversity_loss,
+                          d.seed(self.cfg.seed), weights=weights, extra_loss=self.diversity_loss,
                           lpips_weights=self.cfg.lpips_weights,
                           rate_seed=self.cfg.seed + 22 if d.enabled else None,
                           grad_sync=d.all_reduce_grads)  # fmt: skip

@@ -13,7 +13,7 @@ What stays float32 whatever the precision, and why:
 - entropy coding (integer rANS, no floats).
 
 A bf16 *encoder* still changes the bitstream a little: z0 moves by ~0.6% (relative mean
-abs), which flips 0.9-2.3% of the VQ indices (by rate) and the header's fp16 RMS. The
+abs), which flips 0.9-2.3% of the VQ indices (by rate) and may move the header's RMS codes. The
 stream stays a valid stream of the same model (an fp32 decoder reads it, and vice versa);
 it is simply not byte-identical to the fp32 encoder's. fp32 keeps the determinism guarantees of
 ``oscar_core.codec``; bf16 is opt-in.

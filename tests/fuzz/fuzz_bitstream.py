@@ -29,6 +29,7 @@ import os
 import struct
 import sys
 import time
+import tracemalloc
 import zlib
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -45,6 +46,10 @@ MODES = 4
 # 54735x16597, which Codec.parse then decodes (~430 MB, 1.3 s); the batch decoder refuses
 # such rows before parsing (pipeline/worker.py, _check_pixels).
 MAX_PIXELS = 4_000_000
+# Per-case bounds (the Hypothesis driver checks both; libFuzzer gets -timeout and
+# -malloc_limit_mb from `make fuzz`): no hang, and no allocation beyond a fixed cap.
+CASE_SECONDS = 5.0
+CASE_BYTES = 256 * 2**20  # peak traced (Python + numpy) allocation of one case
 _codec = None
 cases = 0  # inputs run by this process
 
@@ -187,10 +192,16 @@ def run_hypothesis(seconds: float, *, log: Callable[[str], None] = print) -> int
     )
     @given(inputs)
     def batch(data: bytes) -> None:
+        tracemalloc.reset_peak()
+        t0 = time.perf_counter()
         one_input(data)
+        dt, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+        assert dt < CASE_SECONDS, f"one case took {dt:.1f} s (bound {CASE_SECONDS} s): {data!r}"
+        assert peak < CASE_BYTES, f"one case allocated {peak} bytes (cap {CASE_BYTES}): {data!r}"
 
     for s in corpus:
         assert one_input(s) == "ok", "a seed stream does not parse"
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc too
     next_log = 10.0
     while (elapsed := time.monotonic() - start) < seconds:
         batch()
@@ -198,6 +209,7 @@ def run_hypothesis(seconds: float, *, log: Callable[[str], None] = print) -> int
             log(f"fuzz_bitstream: {cases - n0} cases in {elapsed:.0f} s")
             next_log *= 2
     elapsed = time.monotonic() - start
+    tracemalloc.stop()
     n = cases - n0
     log(
         f"fuzz_bitstream (hypothesis): {n} cases in {elapsed:.1f} s ({n / elapsed:.0f}/s), none failed"

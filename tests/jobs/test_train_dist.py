@@ -8,7 +8,6 @@ writes the run directory's files.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -52,11 +51,18 @@ class RecordingTrainer(Trainer):
         return x, z0
 
 
+class EarlyGanLoss(Stage2Loss):
+    """Stage 2's loss with the GAN term from step 0 (the trainer's own weights kept)."""
+
+    def __init__(self, *args, weights: dict | None = None, **kwargs):
+        super().__init__(*args, weights={**(weights or {}), "adv_start": 0}, **kwargs)
+
+
 def rank_main(cfg: TrainConfig) -> None:
     """One rank (in a spawned process): train, then write what it holds."""
     torch.set_num_threads(1)
     # The GAN term from step 0 (not 200), so the discriminator's own sync is exercised.
-    jobs.train.Stage2Loss = functools.partial(Stage2Loss, weights={"adv_start": 0})
+    jobs.train.Stage2Loss = EarlyGanLoss
     ctx, _ = init_distributed(cfg.device)
     trainer = RecordingTrainer(cfg, ctx)
     finished = trainer.run()
