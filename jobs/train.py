@@ -25,13 +25,13 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from jobs.train_config import StageConfig, TrainConfig
 from jobs.train_data import CropSampler, load_images, split
 from jobs.train_decoder import DecoderLoss, decoder_parameters
 from jobs.train_dist import DistContext, init_distributed, launch
@@ -40,62 +40,6 @@ from oscar_core import OscarModel, get_config
 from oscar_core.hyper import cosine_per_position
 
 log = logging.getLogger("oscar.train")
-
-
-@dataclass
-class StageConfig:
-    steps: int  # optimiser steps
-    batch: int  # images (or latents) per step
-    crop: int  # square crop side in pixels (multiple of 64)
-    lr: float  # AdamW peak learning rate (cosine decay to 5%, 2% warm-up)
-    max_minutes: float | None = None  # stop (checkpointed) after this long; re-run resumes
-
-
-@dataclass
-class TrainConfig:
-    # A directory of images or .tar shards, or WebDataset shards: a brace range, a glob, a
-    # .txt list or an s3:// prefix (s3://bucket/train/shard-{000..009}.tar, /data/*.tar).
-    data: str = "../shared/data/train"
-    out: str = "runs/oscar-tiny"  # run directory: ckpt/, model/, train.log, summary.json
-    base: str = "oscar-tiny"  # registry name, or a model directory to start from
-    device: str = "cpu"
-    seed: int = 0
-    threads: int | None = None  # torch CPU threads (None: torch default)
-    holdout_every: int = 20  # every n-th image is held out
-    cache_crops: int = 1536  # crops whose latents are cached for stages 1 and 2
-    fit_crops: int = 128  # held-out crops for the t_r fit and the histograms
-    stage0: StageConfig = field(default_factory=lambda: StageConfig(3000, 8, 128, 1e-3))
-    stage1: StageConfig = field(default_factory=lambda: StageConfig(1500, 16, 256, 1e-3))
-    stage2: StageConfig = field(default_factory=lambda: StageConfig(1500, 4, 128, 2e-4))
-    fit_timesteps: bool = True  # False: keep the base model's t_r table (a decoder-only run)
-    # stage 3 (optional, steps 0 = skipped): the latent decoder alone, on the codec's z0_hat
-    stage3: StageConfig = field(default_factory=lambda: StageConfig(0, 4, 128, 1e-4))
-    save_dtype: str = "float16"  # dtype of the shipped weights
-    # Refinement of a trained model (base = its directory): stage 1 trains only these
-    # hyper-encoders (None: all); stage0.steps = 0 skips stage 0 and keeps the latent scale.
-    rates: list[int] | None = None
-    # Codebook diversity: weight of (1 - normalised entropy of the soft code assignment) for
-    # the rates listed (None: all), in stages 1 and 2. Counters dead codes in small codebooks.
-    diversity: float = 0.0
-    diversity_rates: list[int] | None = None
-    diversity_weights: dict[str, float] | None = None  # per-rate weight, e.g. {"7": 0.2}
-    diversity_temperature: float = 0.1
-    # Stage-2 perceptual loss: LPIPS (AlexNet) from LOCAL weights (nothing is downloaded;
-    # see jobs/eval_metrics.Lpips for the accepted files); None: SSIM only.
-    lpips_weights: str | None = None
-    lpips_weight: float = 1.0
-
-    @classmethod
-    def from_json(cls, path: str | Path, **overrides) -> TrainConfig:
-        data = json.loads(Path(path).read_text()) if path else {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("stage0", "stage1", "stage2", "stage3"):
-            if name in data and isinstance(data[name], dict):
-                data[name] = StageConfig(**data[name])
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown training config fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 class Trainer:
