@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jobs.train_losses import PatchDiscriminator, one_minus_ssim
+from jobs.train_losses import HingeGan, PatchDiscriminator, one_minus_ssim
 from oscar_core.hyper import channel_rms, match_norms
 
 
-class DecoderLoss:
+class DecoderLoss(HingeGan):
     """One stage-3 step: a random rate's z0_hat (or z0) -> decoder -> losses."""
 
     def __init__(
@@ -41,12 +41,11 @@ class DecoderLoss:
         weights: dict | None = None,
         grad_sync=None,  # params -> None: averages the discriminator's grads over ranks
     ):
-        self.grad_sync = grad_sync
-        self.model, self.disc, self.x_all, self.z0_all = model, disc, x_all, z0_all
+        super().__init__(disc, grad_sync)
+        self.model, self.x_all, self.z0_all = model, x_all, z0_all
         self.batch, self.device = batch, device
         self.w = {"ssim": 0.5, "chroma": 1.0, "adv": 5e-3, "adv_start": 100, "p_clean": 0.2}
         self.w.update(weights or {})
-        self.d_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
         self.rng = np.random.default_rng(seed + 33)
 
     @torch.no_grad()
@@ -75,26 +74,12 @@ class DecoderLoss:
         total = l1 + self.w["ssim"] * s + self.w["chroma"] * chroma
         losses = {"l1": l1.detach(), "1-ssim": s.detach(), "chroma": chroma.detach()}
         if self.w["adv"] > 0 and step >= self.w["adv_start"]:
-            d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(x_hat.detach())).mean()
-            self.d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            if self.grad_sync is not None:
-                self.grad_sync(list(self.disc.parameters()))
-            self.d_opt.step()
-            self.d_opt.zero_grad(set_to_none=True)  # -D(x_hat) adds grads here; not applied
-            g_adv = -self.disc(x_hat).mean()
+            self.discriminator_step(x, x_hat.detach())
+            g_adv = self.generator_adv(x_hat)
             total = total + self.w["adv"] * g_adv
             losses["g_adv"] = g_adv.detach()
         losses["total"] = total
         return losses
-
-    def state_dict(self) -> dict:
-        return {"disc": self.disc.state_dict(), "d_opt": self.d_opt.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            self.disc.load_state_dict(state["disc"])
-            self.d_opt.load_state_dict(state["d_opt"])
 
 
 def decoder_parameters(model) -> list:

@@ -56,7 +56,39 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
-class Stage2Loss:
+class HingeGan:
+    """The adversarial part of stages 2 and 3: a patch discriminator trained with the hinge
+    loss (its own AdamW), and the generator term -D(x_hat). Checkpointed with the stage."""
+
+    def __init__(self, disc: PatchDiscriminator, grad_sync=None):
+        self.disc = disc
+        self.d_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
+        self.grad_sync = grad_sync  # params -> None: averages the grads over ranks
+
+    def generator_adv(self, x_hat: Tensor) -> Tensor:
+        """-D(x_hat): keeps the graph so the gradient reaches the generator."""
+        return -self.disc(x_hat).mean()
+
+    def discriminator_step(self, x: Tensor, x_fake: Tensor) -> float:
+        d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(x_fake)).mean()
+        self.d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync(list(self.disc.parameters()))
+        self.d_opt.step()
+        self.d_opt.zero_grad(set_to_none=True)  # -D(x_hat) will add grads here; not applied
+        return float(d_loss.detach())
+
+    def state_dict(self) -> dict:
+        return {"disc": self.disc.state_dict(), "d_opt": self.d_opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.disc.load_state_dict(state["disc"])
+            self.d_opt.load_state_dict(state["d_opt"])
+
+
+class Stage2Loss(HingeGan):
     """One joint step at a random rate; also updates the discriminator (hinge loss)."""
 
     def __init__(
@@ -75,15 +107,14 @@ class Stage2Loss:
         grad_sync=None,  # params -> None: averages the discriminator's grads over ranks
         lpips_weights: str | None = None,  # local LPIPS/AlexNet weights -> LPIPS loss term
     ):
-        self.model, self.disc, self.x_all, self.z0_all = model, disc, x_all, z0_all
+        super().__init__(disc, grad_sync)
+        self.model, self.x_all, self.z0_all = model, x_all, z0_all
         self.batch, self.device = batch, device
         self.w = {"ssim": 0.5, "latent": 1.0, "align": 0.5, "adv": 5e-3, "adv_start": 200}
         self.w.update(weights or {})
-        self.d_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
         self.rng = np.random.default_rng(seed + 22)
         self.rate_rng = self.rng if rate_seed is None else np.random.default_rng(rate_seed)
         self.extra_loss = extra_loss
-        self.grad_sync = grad_sync
         self.lpips = None
         if lpips_weights:  # frozen network; its gradient flows to x_hat only
             from jobs.eval_metrics import Lpips
@@ -119,28 +150,6 @@ class Stage2Loss:
             losses["g_adv"] = g_adv.detach()
         losses["total"] = total
         return losses
-
-    def generator_adv(self, x_hat: Tensor) -> Tensor:
-        """-D(x_hat): keeps the graph so the gradient reaches the generator."""
-        return -self.disc(x_hat).mean()
-
-    def discriminator_step(self, x: Tensor, x_fake: Tensor) -> float:
-        d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(x_fake)).mean()
-        self.d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        if self.grad_sync is not None:
-            self.grad_sync(list(self.disc.parameters()))
-        self.d_opt.step()
-        self.d_opt.zero_grad(set_to_none=True)  # -D(x_hat) will add grads here; not applied
-        return float(d_loss)
-
-    def state_dict(self) -> dict:
-        return {"disc": self.disc.state_dict(), "d_opt": self.d_opt.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            self.disc.load_state_dict(state["disc"])
-            self.d_opt.load_state_dict(state["d_opt"])
 
 
 @torch.no_grad()
