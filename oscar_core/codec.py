@@ -42,7 +42,9 @@ from .precision import compute_precision, resolve_precision
 from .registry import get_config
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "oscar-tiny"
-DEFAULT_MAX_PIXELS = 64_000_000  # largest declared image a stream may decode to (64 MP)
+# Largest image coded or decoded (64 MP: an 8000x8000 photo passes, a 1e9-pixel bomb does
+# not); the pipeline applies the same limit to the images it reads (pipeline/samples.py).
+DEFAULT_MAX_PIXELS = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -177,10 +179,11 @@ class Codec:
                 f"rate index {header.rate_index} not on this model's ladder (0..{len(self.ladder) - 1})"
             )
         rate = self.ladder[header.rate_index]
-        if header.height * header.width > self.max_pixels:
+        pixels = header.height * header.width
+        if pixels > self.max_pixels:  # before entropy decoding: a bomb costs nothing
             raise BitstreamError(
-                f"declares a {header.width}x{header.height} image = "
-                f"{header.width * header.height} pixels, over max_pixels = {self.max_pixels}"
+                f"too many pixels: {header.width}x{header.height} = {pixels} exceeds "
+                f"max_pixels = {self.max_pixels} (raise it with --max-pixels)"
             )
         # The padded latent (B,4,ph/8,pw/8) follows from (H, W) and the rate's padding rule;
         # the code grid is that divided by the hyper-encoder's downsampling.

@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
+from oscar_core.codec import DEFAULT_MAX_PIXELS
 from oscar_core.images import MAX_SIDE, to_rgb_array
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "avif", "bmp", "tif", "tiff", "gif",
 # The only Pillow decoders we run on untrusted bytes. Why a list: Pillow otherwise sniffs
 # dozens of formats, some of which shell out (EPS -> Ghostscript) or are rarely hardened.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "BMP", "TIFF", "GIF", "PPM", "JPEG2000")
-DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP: a 8000x8000 photo passes, a 1e9-pixel bomb does not
 DEFAULT_MAX_MEMBER_BYTES = 256 << 20  # one tar member is read whole; bound it
 # Key of the record that ends a stream when the tar itself is damaged (no sample key known).
 STREAM_ERROR_KEY = "__tar_stream__"

@@ -42,9 +42,9 @@ except ImportError:
     atheris = None
 
 MODES = 4
-# Streams declaring more pixels are only header-parsed: a 36-byte stream can declare
-# 54735x16597, which Codec.parse then decodes (~430 MB, 1.3 s); the batch decoder refuses
-# such rows before parsing (pipeline/worker.py, _check_pixels).
+# Streams declaring more pixels are only header-parsed, to keep each case cheap: a 36-byte
+# stream can declare 54735x16597 (Codec.parse refuses it: over its max_pixels, 64 MP), and
+# one just under 64 MP would still cost ~1 M indices to decode.
 MAX_PIXELS = 4_000_000
 # Per-case bounds (the Hypothesis driver checks both; libFuzzer gets -timeout and
 # -malloc_limit_mb from `make fuzz`): no hang, and no allocation beyond a fixed cap.
