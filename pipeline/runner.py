@@ -133,6 +133,26 @@ def _check_model(model_dir: str) -> OscarConfig:
     return config
 
 
+def _dispatch(job: EncodeJob | DecodeJob, tasks: list, method: str, res: Resources) -> tuple:
+    """Run ``tasks`` on ShardWorker actors built from the job's settings: (results,
+    failures, workers) as ``dispatch.execute`` returns them."""
+    wconf = WorkerConfig(
+        job.model_dir,
+        batch_size=job.batch_size,
+        max_pixels=job.max_pixels,
+        precision=job.precision,
+    )
+    return execute(
+        tasks,
+        method,
+        wconf,
+        res,
+        max_retries=job.max_retries,
+        backoff_s=job.backoff_s,
+        progress=job.progress,
+    )
+
+
 def run_encode(job: EncodeJob) -> dict[str, Any]:
     """Encode every shard of ``job.src`` not yet done; returns the job report."""
     t0, started_at = time.perf_counter(), now_iso()
@@ -197,21 +217,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
     failures: list[tuple[EncodeTask, str]] = []
     workers: list[dict[str, Any]] = []
     if tasks:
-        wconf = WorkerConfig(
-            job.model_dir,
-            batch_size=job.batch_size,
-            max_pixels=job.max_pixels,
-            precision=job.precision,
-        )
-        results, failures, workers = execute(
-            tasks,
-            "encode_shard",
-            wconf,
-            res,
-            max_retries=job.max_retries,
-            backoff_s=job.backoff_s,
-            progress=job.progress,
-        )
+        results, failures, workers = _dispatch(job, tasks, "encode_shard", res)
     for task, error in failures:
         write_json(
             join(job.out, task.name + FAILED_SUFFIX),
@@ -282,21 +288,7 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
         )
         for u in urls
     ]
-    wconf = WorkerConfig(
-        job.model_dir,
-        batch_size=job.batch_size,
-        max_pixels=job.max_pixels,
-        precision=job.precision,
-    )
-    results, failures, workers = execute(
-        tasks,
-        "decode_shard",
-        wconf,
-        res,
-        max_retries=job.max_retries,
-        backoff_s=job.backoff_s,
-        progress=job.progress,
-    )
+    results, failures, workers = _dispatch(job, tasks, "decode_shard", res)
     # 3. Report
     report = {
         "command": "decode-shards",

@@ -17,12 +17,7 @@ needs_bf16 = pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU has no nati
 H, W = 61, 90  # odd on purpose: padding and cropping as in the fp32 tests
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
