@@ -1,6 +1,6 @@
 """``oscar train``: two-stage OSCAR training (+ stage 0 for the tiny latent autoencoder).
 
-    stage0  latent autoencoder: L1 + (1 - SSIM) + tiny KL          (skipped for a pretrained VAE)
+    stage0  latent autoencoder: L1 + (1 - SSIM) + tiny KL (+ Cb/Cr L1)  (not for a pretrained VAE)
     stage1  hyper-encoders, frozen autoencoder: -cos(z~, z0) per position + VQ commitment
     fit     per rate on held-out crops: mean cos(z~, z0) -> t_r with sqrt(abar_t) closest;
             index histograms -> the entropy coder's static pmfs (stored in the model)
@@ -60,6 +60,11 @@ class Trainer:
             self.model = OscarModel.from_pretrained(config.base)
         else:
             self.model = OscarModel(get_config(config.base))
+        ae = self.model.autoencoder
+        if config.colour_skip and not ae.config.colour_skip:
+            if ae.config.pretrained_dir:
+                raise ValueError("colour_skip is for the tiny autoencoder, not a pretrained VAE")
+            ae.enable_colour_skip()
         self.model.to(self.device)
         if self.dist.enabled:  # then different noise / posterior samples per rank
             torch.manual_seed(self.dist.seed(config.seed))
@@ -77,12 +82,18 @@ class Trainer:
                                 "ranks": self.dist.world_size}  # fmt: skip
 
     # -- generic stage loop ------------------------------------------------------------
-    def run_stage(self, name: str, cfg: StageConfig, params: list, step_fn) -> bool:
-        """Optimise ``params`` with ``step_fn(step) -> dict of losses``; True when finished."""
+    def run_stage(
+        self, name: str, cfg: StageConfig, params: list, step_fn, fast: tuple = ((), 1.0)
+    ) -> bool:
+        """Optimise ``params`` with ``step_fn(step) -> dict of losses``; True when finished.
+        ``fast = (some of params, k)``: those train at k times the stage's learning rate."""
         done_marker = self.out / "ckpt" / f"{name}.done"
         if done_marker.exists():
             return True
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+        fast_ids = {id(p) for p in fast[0]}
+        groups = [{"params": [p for p in params if id(p) not in fast_ids], "scale": 1.0},
+                  {"params": list(fast[0]), "scale": float(fast[1])}]  # fmt: skip
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=1e-4)
         ckpt_path = self.out / "ckpt" / f"{name}.pt"
         start, elapsed_before = 0, 0.0
         if ckpt_path.exists():
@@ -112,7 +123,7 @@ class Trainer:
         last_save, averages = time.monotonic(), {}
         for step in bar:
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(step, cfg.steps)
+                group["lr"] = cfg.lr * group["scale"] * _lr_factor(step, cfg.steps)
             losses = step_fn(step)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
@@ -173,9 +184,14 @@ class Trainer:
 
         def step(_: int) -> dict:
             x = self.train_sampler.batch(cfg.batch, cfg.crop).to(self.device)
-            return autoencoder_loss(ae, x)
+            return autoencoder_loss(ae, x, w_chroma=self.cfg.chroma_weight)
 
-        finished = self.run_stage("stage0", cfg, list(ae.parameters()), step)
+        # the zero-started colour skip (31 weights) trains k times faster than the VAE
+        skip = (
+            [*ae.skip_in.parameters(), *ae.skip_out.parameters()] if ae.config.colour_skip else []
+        )
+        fast = (skip, self.cfg.colour_skip_lr_scale)
+        finished = self.run_stage("stage0", cfg, list(ae.parameters()), step, fast)
         if finished and "scaling_factor" not in self.summary:
             x = self.train_sampler.batch(64, 128).to(self.device)
             sf = self.dist.broadcast_object(ae.fit_scaling_factor(x))  # rank 0's value

@@ -40,6 +40,11 @@ class TrainConfig:
     fit_timesteps: bool = True  # False: keep the base model's t_r table (a decoder-only run)
     # stage 3 (optional, steps 0 = skipped): the latent decoder alone, on the codec's z0_hat
     stage3: StageConfig = field(default_factory=lambda: StageConfig(0, 4, 128, 1e-4))
+    # Stage 0 colour: weight of the Cb/Cr L1 term, and whether to add the autoencoder's
+    # linear colour skip (oscar_core/autoencoder.py) to a base model that lacks it.
+    chroma_weight: float = 0.0
+    colour_skip: bool = False
+    colour_skip_lr_scale: float = 20.0  # the skip's learning rate / stage 0's
     save_dtype: str = "float16"  # dtype of the shipped weights
     # Refinement of a trained model (base = its directory): stage 1 trains only these
     # hyper-encoders (None: all); stage0.steps = 0 skips stage 0 and keeps the latent scale.

@@ -83,6 +83,8 @@ class DecoderLoss(HingeGan):
 
 
 def decoder_parameters(model) -> list:
-    """The trainable part of stage 3: the VAE's post_quant_conv and decoder."""
-    vae = model.autoencoder.vae
-    return list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    """The trainable part of stage 3: the VAE's post_quant_conv and decoder (and the colour
+    skip's decoder side, when the autoencoder has one)."""
+    ae = model.autoencoder
+    skip = list(ae.skip_out.parameters()) if ae.config.colour_skip else []
+    return list(ae.vae.post_quant_conv.parameters()) + list(ae.vae.decoder.parameters()) + skip

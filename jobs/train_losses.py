@@ -25,14 +25,34 @@ def one_minus_ssim(x_hat: Tensor, x: Tensor) -> Tensor:
     return 1 - ssim((x_hat.clamp(-1, 1) + 1) / 2, (x + 1) / 2, data_range=1.0, size_average=True)
 
 
-def autoencoder_loss(ae, x: Tensor, w_ssim: float = 0.2, w_kl: float = 1e-6) -> dict:
-    """Stage 0: VAE reconstruction of x (B,3,c,c) from a posterior sample, small KL."""
+# RGB -> (Cb, Cr) rows of BT.601 (inputs in [-1,1]; the offsets cancel in a difference)
+_CBCR = torch.tensor([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def chroma_l1(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Mean |Cb, Cr difference| of (B,3,H,W) images: the colour error L1 on RGB underweights
+    (a grey reconstruction of a saturated green costs little RGB L1 next to luma detail)."""
+    diff = torch.einsum("kc,bchw->bkhw", _CBCR.to(x), x_hat - x)
+    return diff.abs().mean()
+
+
+def autoencoder_loss(
+    ae, x: Tensor, w_ssim: float = 0.2, w_kl: float = 1e-6, w_chroma: float = 0.0
+) -> dict:
+    """Stage 0: VAE reconstruction of x (B,3,c,c) from a posterior sample, small KL, and
+    (w_chroma > 0) a Cb/Cr L1 term."""
     posterior = ae.encode_posterior(x)
-    x_hat = ae.vae.decode(posterior.sample()).sample
+    x_hat = ae.decode_unscaled(posterior.sample())
     l1 = (x_hat - x).abs().mean()
     s = one_minus_ssim(x_hat, x)
     kl = posterior.kl().mean()
-    return {"total": l1 + w_ssim * s + w_kl * kl, "l1": l1.detach(), "1-ssim": s.detach()}
+    losses = {"l1": l1.detach(), "1-ssim": s.detach()}
+    total = l1 + w_ssim * s + w_kl * kl
+    if w_chroma:
+        chroma = chroma_l1(x_hat, x)
+        total = total + w_chroma * chroma
+        losses["chroma"] = chroma.detach()
+    return {"total": total, **losses}
 
 
 class PatchDiscriminator(nn.Module):

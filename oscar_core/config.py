@@ -26,6 +26,7 @@ class AutoencoderConfig:
     latent_channels: int = 4  # channels of z0
     norm_num_groups: int = 8  # GroupNorm groups (must divide every width)
     mid_block_attention: bool = False  # SD has self-attention at 1/8; too slow for CPU tiny
+    colour_skip: bool = False  # linear per-cell colour path around the VAE (autoencoder.py)
     scaling_factor: float = 1.0  # z0 = mode(q(z|x)) * scaling_factor (unit-variance latents)
     pretrained_dir: str | None = None  # diffusers AutoencoderKL dir (e.g. <sd21>/vae)
 

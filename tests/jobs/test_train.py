@@ -171,3 +171,18 @@ def test_decoder_stage_changes_only_the_decoder(tmp_path):
     image = smooth_image(64, 64)
     (s_before,), (s_after,) = Codec(before).compress([image], 2), Codec(after).compress([image], 2)
     assert s_before[7:-4] == s_after[7:-4]  # all but the model id and the CRC over it
+
+
+def test_colour_skip_is_added_to_a_base_without_it(tmp_path):
+    base = tiny_run(tmp_path / "base", steps=1)
+    assert Trainer(base).run()
+    cfg = tiny_run(tmp_path, steps=2, colour_skip=True, chroma_weight=4.0)
+    cfg.base = str(tmp_path / "base" / "run" / "model")
+    assert Trainer(cfg).run()
+    model = OscarModel.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.autoencoder.colour_skip
+    assert model.autoencoder.skip_out.weight.abs().sum() > 0  # trained off its zero start
+    assert (
+        "chroma"
+        in json.loads((tmp_path / "run" / "summary.json").read_text())["stage0"]["final_losses"]
+    )
