@@ -42,7 +42,7 @@ class TrainConfig:
     stage3: StageConfig = field(default_factory=lambda: StageConfig(0, 4, 128, 1e-4))
     # Stage 0 colour: weight of the Cb/Cr L1 term, and whether to add the autoencoder's
     # linear colour skip (oscar_core/autoencoder.py) to a base model that lacks it.
-    chroma_weight: float = 0.0
+    chroma_weight: float = 10.0
     colour_skip: bool = False
     colour_skip_lr_scale: float = 20.0  # the skip's learning rate / stage 0's
     save_dtype: str = "float16"  # dtype of the shipped weights

@@ -26,13 +26,13 @@ def one_minus_ssim(x_hat: Tensor, x: Tensor) -> Tensor:
 
 
 # RGB -> (Cb, Cr) rows of BT.601 (inputs in [-1,1]; the offsets cancel in a difference)
-_CBCR = torch.tensor([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+RGB_TO_CBCR = torch.tensor([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
 
 def chroma_l1(x_hat: Tensor, x: Tensor) -> Tensor:
     """Mean |Cb, Cr difference| of (B,3,H,W) images: the colour error L1 on RGB underweights
     (a grey reconstruction of a saturated green costs little RGB L1 next to luma detail)."""
-    diff = torch.einsum("kc,bchw->bkhw", _CBCR.to(x), x_hat - x)
+    diff = torch.einsum("kc,bchw->bkhw", RGB_TO_CBCR.to(x), x_hat - x)
     return diff.abs().mean()
 
 

@@ -43,7 +43,7 @@ def get_config(name: str) -> OscarConfig:
 def _oscar_tiny() -> OscarConfig:
     return OscarConfig(
         name="oscar-tiny",
-        autoencoder=AutoencoderConfig(),
+        autoencoder=AutoencoderConfig(colour_skip=True),  # see oscar_core/autoencoder.py
         hyper=HyperConfig(),
         denoiser=DenoiserConfig(),
     )

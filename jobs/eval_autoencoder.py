@@ -1,0 +1,77 @@
+"""The latent autoencoder's own round trip: the quality ceiling of the whole codec.
+
+    python -m jobs.eval_autoencoder IMAGES... [--model DIR] [--json OUT.json]
+
+For each image x: x_hat = decode(encode(x)), no hyper-encoder, no bitstream, no denoiser.
+Reports PSNR, the colour error of 8x8-cell means (mean |Cb, Cr| difference in 8-bit levels:
+the cell is the latent's footprint) and the saturation ratio (mean |Cb, Cr| of x_hat over x's;
+< 1 = washed out). Used to diagnose the colour failure of the first shipped model (see
+docs/model-card.md); images whose sides are not multiples of 8 are cropped to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jobs.eval import find_images, load_samples
+from jobs.train_losses import RGB_TO_CBCR, chroma_l1
+
+
+def round_trip_metrics(ae, image: np.ndarray) -> dict[str, float]:
+    """image (H, W, 3) uint8 -> {psnr, cell_chroma_error, saturation_ratio}."""
+    h, w = image.shape[0] // 8 * 8, image.shape[1] // 8 * 8
+    ref = image[:h, :w]
+    x = torch.from_numpy(np.array(ref)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        x_hat = ae.decode(ae.encode(x))  # (1,3,H,W) in [-1,1]
+    out = ((x_hat[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()
+    mse = float(((out - ref.astype(np.float64)) ** 2).mean())
+    cells = chroma_l1(F.avg_pool2d(x_hat, 8), F.avg_pool2d(x, 8))  # in [-1,1] units
+
+    def chroma(t: torch.Tensor) -> float:
+        return float(torch.einsum("kc,bchw->bkhw", RGB_TO_CBCR, t).abs().mean())
+
+    return {
+        "psnr": 10 * np.log10(255**2 / max(mse, 1e-10)),
+        "cell_chroma_error": float(cells) * 127.5,
+        "saturation_ratio": chroma(x_hat) / max(chroma(x), 1e-8),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.eval_autoencoder", description=__doc__)
+    parser.add_argument("images", nargs="+", help="image files or directories")
+    parser.add_argument("--model", default=None, help="model directory (default: shipped)")
+    parser.add_argument("--json", default=None, help="also write per-image rows here")
+    args = parser.parse_args(argv)
+    from oscar_core import Codec
+
+    paths, errors = find_images(args.images)
+    samples, load_errors = load_samples(paths)
+    for err in errors + load_errors:
+        print(f"oscar: error: {err}", file=sys.stderr)
+    if not samples:
+        print("oscar: error: no readable images", file=sys.stderr)
+        return 2
+    ae = Codec.from_pretrained(args.model).model.autoencoder
+    rows = [{"image": s.name, **round_trip_metrics(ae, s.image)} for s in samples]
+    keys = ("psnr", "cell_chroma_error", "saturation_ratio")
+    means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    print(
+        f"{len(rows)} images: PSNR {means['psnr']:.2f} dB, 8x8-cell Cb/Cr error "
+        f"{means['cell_chroma_error']:.2f} levels, saturation ratio {means['saturation_ratio']:.3f}"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"mean": means, "images": rows}, f, indent=2)
+    return 2 if errors or load_errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
