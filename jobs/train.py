@@ -250,10 +250,11 @@ class Trainer:
         return rates
 
     def diversity_loss(self, rate_index: int, z0: torch.Tensor) -> torch.Tensor | float:
-        """w * (1 - H(p)/log K) for the rates diversity applies to, else 0."""
+        """w * (1 - H(p)/log K) for the rates diversity applies to, else 0. A negative w
+        (``diversity_weights``) is an entropy penalty: fewer codes in use, fewer bits."""
         listed = self.cfg.diversity_rates
         weight = (self.cfg.diversity_weights or {}).get(str(rate_index), self.cfg.diversity)
-        if weight <= 0 or (listed is not None and rate_index not in listed):
+        if weight == 0 or (listed is not None and rate_index not in listed):
             return 0.0
         hyper = self.model.hypers[rate_index]
         return weight * (1 - hyper.code_entropy(z0, self.cfg.diversity_temperature))

@@ -53,7 +53,9 @@ class TrainConfig:
     # the rates listed (None: all), in stages 1 and 2. Counters dead codes in small codebooks.
     diversity: float = 0.0
     diversity_rates: list[int] | None = None
-    diversity_weights: dict[str, float] | None = None  # per-rate weight, e.g. {"7": 0.2}
+    # per-rate weight, e.g. {"7": 0.2}; negative = entropy penalty (e.g. {"0": -0.5}: a rate
+    # whose fixed header would otherwise push it over its nominal bpp)
+    diversity_weights: dict[str, float] | None = None
     diversity_temperature: float = 0.1
     # Stage-2 perceptual loss: LPIPS (AlexNet) from LOCAL weights (nothing is downloaded;
     # see jobs/eval_metrics.Lpips for the accepted files); None: SSIM only.

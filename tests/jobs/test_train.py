@@ -188,3 +188,17 @@ def test_colour_skip_is_added_to_a_base_without_it(tmp_path):
         "chroma"
         in json.loads((tmp_path / "run" / "summary.json").read_text())["stage0"]["final_losses"]
     )
+
+
+def test_negative_diversity_weight_is_an_entropy_penalty(tmp_path):
+    cfg = tiny_run(tmp_path, diversity=1.0, diversity_rates=[0, 4])
+    cfg.diversity_weights = {"0": -0.5}
+    trainer = Trainer(cfg)
+    z0 = torch.randn(2, 4, 32, 32)
+    for r in (0, 4):
+        trainer.model.hypers[r].train()(z0)  # k-means initialises the codebooks
+    h0 = float(trainer.model.hypers[0].code_entropy(z0, cfg.diversity_temperature))
+    penalty = trainer.diversity_loss(0, z0)
+    assert float(penalty) == pytest.approx(-0.5 * (1 - h0), abs=1e-5)  # minimising it lowers H
+    assert float(trainer.diversity_loss(4, z0)) >= 0  # weight 1.0: maximises H
+    assert trainer.diversity_loss(2, z0) == 0.0  # not listed
