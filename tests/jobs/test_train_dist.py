@@ -38,8 +38,8 @@ class RecordingTrainer(Trainer):
         self.sums: dict[str, str] = {}
         self.crops: dict[str, float] = {}
 
-    def run_stage(self, name, cfg, params, step_fn):
-        finished = super().run_stage(name, cfg, params, step_fn)
+    def run_stage(self, name, cfg, params, step_fn, *fast):
+        finished = super().run_stage(name, cfg, params, step_fn, *fast)
         self.sums[name] = checksum(self.model)
         if hasattr(step_fn, "disc"):
             self.sums["disc"] = checksum(step_fn.disc)
