@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from jobs.eval import find_images, load_samples
-from jobs.train_losses import RGB_TO_CBCR, chroma_l1
+from jobs.train_losses import chroma_l1, to_cbcr
 
 
 def round_trip_metrics(ae, image: np.ndarray) -> dict[str, float]:
@@ -35,7 +35,7 @@ def round_trip_metrics(ae, image: np.ndarray) -> dict[str, float]:
     cells = chroma_l1(F.avg_pool2d(x_hat, 8), F.avg_pool2d(x, 8))  # in [-1,1] units
 
     def chroma(t: torch.Tensor) -> float:
-        return float(torch.einsum("kc,bchw->bkhw", RGB_TO_CBCR, t).abs().mean())
+        return float(to_cbcr(t).abs().mean())
 
     return {
         "psnr": 10 * np.log10(255**2 / max(mse, 1e-10)),

@@ -89,7 +89,7 @@ class LatentAutoencoder(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """z: (B,4,h,w) in the scaled latent space -> x_hat (B,3,8h,8w) clamped to [-1,1]."""
-        return self.decode_unscaled(z / self.scaling_factor).clamp(-1.0, 1.0)
+        return self.decode_unclamped(z).clamp(-1.0, 1.0)
 
     def decode_unclamped(self, z: Tensor) -> Tensor:
         """As ``decode`` without the clamp (training keeps the gradient outside [-1,1])."""
