@@ -33,7 +33,7 @@ from .bench_profile import gflops, op_count, section_stage_profile, stage_profil
 
 DDIM_STEPS = 50
 ONE_STEP_GOAL = 0.10  # one-step decode within 10% of its floor D + U
-ENTROPY_GOAL = 0.10  # rANS saves >= 10% over fixed-length indices at every rate
+ENTROPY_GOAL = 0.10  # the range coder saves >= 10% over fixed-length indices at every rate
 
 
 # --------------------------------------------------------------------------- helpers
@@ -290,7 +290,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def section_entropy_gain(ctx: BenchContext) -> dict[str, Any]:
-    """7. Bits per image of the rANS-coded indices vs fixed-length indices, per rate."""
+    """7. Bits per image of the range-coded indices vs fixed-length indices, per rate."""
     codec, model = ctx.codec, ctx.codec.model
     z0_cache: dict[tuple, list[Tensor]] = {}
     per_rate, rows, ok_all, any_uniform = {}, [], True, False
@@ -349,7 +349,7 @@ def section_entropy_gain(ctx: BenchContext) -> dict[str, Any]:
         "reason": None,
         "per_rate": per_rate,
         "note": (
-            "coded = rANS payload bytes x 8 (header and CRC excluded); ideal = -sum log2 q(s) "
+            "coded = range-coded payload bytes x 8 (header and CRC excluded); ideal = -sum log2 q(s) "
             "under the stored (16-bit quantised) pmf; empirical entropy = the indices' own "
             "histogram over these images (a lower bound no static pmf beats on them)"
         ),
@@ -360,7 +360,7 @@ def section_entropy_gain(ctx: BenchContext) -> dict[str, Any]:
         "tables": [
             table(
                 "Bits per image (mean over images)",
-                ["rate", "K", "symbols", "rANS", "fixed", "ideal", "entropy", "saved %"]
+                ["rate", "K", "symbols", "coded", "fixed", "ideal", "entropy", "saved %"]
                 + ["codes used", "pmf", "goal"],
                 rows,
             )
@@ -375,7 +375,7 @@ def section_entropy_gain(ctx: BenchContext) -> dict[str, Any]:
         if any_uniform:
             res["reason"] = (
                 "the model's pmfs are uniform (untrained histograms): the gain is ~0 by "
-                "construction, and rANS's flush (8 bytes) and 32-bit words make it slightly "
+                "construction, and the range coder's seal (up to 8 bytes) makes it slightly "
                 "negative on small images"
             )
         else:

@@ -114,7 +114,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     codec = _load_codec(args)
     try:
         data = Path(args.file).read_bytes()
-        header, payload = bitstream.unpack(data)
+        header, payload = bitstream.unpack(data, codec.model_id)  # CRC seeded with the id
     except (OSError, BitstreamError) as exc:
         _error(args.file, f"cannot read bitstream: {exc}")
         return EXIT_BAD_INPUT
@@ -136,8 +136,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "nominal_bpp": round(rate.nominal_bpp, 6) if rate else None,
         "measured_bpp": round(8 * len(data) / (header.width * header.height), 6),
         "pseudo_timestep": rate.t if rate else None,
-        "model_id": header.model_id.hex(),
-        "model_matches": header.model_id == codec.model_id,
+        "model_id": header.model_id.hex(),  # verified: the CRC is seeded with it
     }
     print(json.dumps(info, indent=2))
     return 0

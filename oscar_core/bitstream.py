@@ -1,28 +1,37 @@
-"""The OSCAR container format, version 2.
+"""The OSCAR container format, version 3.
 
 One image per stream; the stream's length is known to whoever holds it (a file, a Parquet
 binary cell), so it is not repeated inside. All multi-byte integers are big-endian::
 
     off  len  field
-    0    2    magic b"OS"
-    2    1    format version (= 2)
-    3    4    model id: first 4 bytes of SHA-256 over the model's config + weights
-    7    1    rate index (0..15; the codec checks it against its ladder)
-    8    2    H, original image height in pixels (uint16, >= 1)
-    10   2    W, original image width in pixels (uint16, >= 1)
-    12   4    4 x int8 q: per-channel RMS of z0 = 2 ** (q / 16), the norms the decoder
+    0    1    magic 0x4F ("O")
+    1    1    format version (high nibble, = 3) | rate index (low nibble, 0..15; the codec
+              checks it against its ladder)
+    2    2    H, original image height in pixels (uint16, >= 1)
+    4    2    W, original image width in pixels (uint16, >= 1)
+    6    4    4 x int8 q: per-channel RMS of z0 = 2 ** (q / 16), the norms the decoder
               rescales z~ to (log scale, 1/16 octave steps, 0.0039 .. 245)
-    16   L    payload: rANS bytes of the VQ indices (see ``entropy.py``), L = n - 20
-    end  4    CRC-32 (zlib.crc32) over every preceding byte
+    10   L    payload: range-coded VQ indices (framing in ``entropy.py``), L = n - 14
+    end  4    CRC-32 (zlib.crc32) over the 4-byte model id, then every preceding byte
 
-Overhead: 16 fixed bytes + 4 CRC = 20 bytes. The lowest rate produces ~85-byte payloads on a
-Kodak image, so every header byte shows in its bpp (one byte = 0.00002 bpp at 768x512, 1%
-of rate 0's nominal 0.0020).
+The model id (first 4 bytes of SHA-256 over the model's config + weights) is not written:
+it seeds the CRC. A stream read with another model than the one that wrote it fails the
+CRC check exactly as a corrupted stream does (false match: 2**-32), so decoding with the
+wrong model is still refused, and a reader holding several models finds the right one by
+trying their ids (:func:`crc_matches`). Batch outputs also keep the id per row (Parquet
+``model_id``).
 
-Version 1 (never released) carried 9 more bytes: the padded latent height and width (they
-follow from (H, W) and the rate's padding rule; ``Codec.parse`` derives them), the RMS as
-float16 (twice the bytes of the log code, no measurable gain: PSNR within 0.02 dB on the
-samples at rates 0, 4, 7) and a varint payload length (the stream length gives it).
+Overhead: 10 fixed bytes + 4 CRC = 14 bytes. The lowest rate's nominal size is 96 bytes on
+a 768x512 image (0.00195 bpp), so every header byte is 1% of its bpp; version 2 spent 20.
+
+History
+    Version 3 (2026-12): 6 bytes fewer than version 2 -- magic 1 byte instead of "OS",
+    version and rate share a byte, the model id moved into the CRC -- and the payload is
+    ``constriction``'s range coder instead of compressai's rANS (~4 bytes less per stream,
+    ``entropy.py``). Version 2 streams ("OS", 0x02, ...) are recognised and refused with a
+    message naming the version; decode them with a release from before 2026-12.
+    Version 1 (never released) carried the padded latent size, the RMS as float16 and a
+    varint payload length, all derivable or not worth their bytes.
 
 Why these choices
     * RMS rather than the L2 norm of each latent channel: the RMS does not grow with the
@@ -49,17 +58,18 @@ from dataclasses import dataclass
 
 from oscar_core.errors import BitstreamError
 
-MAGIC = b"OS"
-VERSION = 2
+MAGIC = b"O"
+VERSION = 3
+LEGACY_V2_PREFIX = b"OS\x02"  # magic + version of format 2 (read: refused with its name)
 MODEL_ID_BYTES = 4
 MAX_RATE_INDEX = 15
 MAX_DIM = 0xFFFF  # uint16
 CRC_BYTES = 4
 RMS_STEPS_PER_OCTAVE = 16  # RMS = 2 ** (q / 16), q int8
 
-_FIXED = struct.Struct(">2sB4sBHH4b")  # magic, version, model id, rate, H, W, rms codes
-FIXED_HEADER_BYTES = _FIXED.size  # 16
-MIN_STREAM_BYTES = FIXED_HEADER_BYTES + CRC_BYTES  # empty payload: 20 bytes
+_FIXED = struct.Struct(">1sBHH4b")  # magic, version << 4 | rate, H, W, rms codes
+FIXED_HEADER_BYTES = _FIXED.size  # 10
+MIN_STREAM_BYTES = FIXED_HEADER_BYTES + CRC_BYTES  # empty payload: 14 bytes
 
 
 def rms_code(value: float) -> int:
@@ -99,8 +109,7 @@ class Header:
 
     def __post_init__(self) -> None:
         # Programmer errors when building a header to pack: ValueError, not BitstreamError.
-        if not isinstance(self.model_id, bytes) or len(self.model_id) != MODEL_ID_BYTES:
-            raise ValueError(f"model_id must be {MODEL_ID_BYTES} bytes, got {self.model_id!r}")
+        _check_model_id(self.model_id)
         ints = {
             "version": (VERSION, VERSION),
             "rate_index": (0, MAX_RATE_INDEX),
@@ -125,6 +134,17 @@ class Header:
         return tuple(rms_code(v) for v in self.rms)
 
 
+def _check_model_id(model_id: object) -> bytes:
+    if not isinstance(model_id, bytes) or len(model_id) != MODEL_ID_BYTES:
+        raise ValueError(f"model_id must be {MODEL_ID_BYTES} bytes, got {model_id!r}")
+    return model_id
+
+
+def _crc(model_id: bytes, body: bytes) -> int:
+    """CRC-32 of ``model_id + body`` (the id is never written; see the module docstring)."""
+    return zlib.crc32(body, zlib.crc32(model_id))
+
+
 def pack(header: Header, payload: bytes) -> bytes:
     """Serialise ``header`` and ``payload`` (layout in the module docstring)."""
     if not isinstance(header, Header):
@@ -133,52 +153,77 @@ def pack(header: Header, payload: bytes) -> bytes:
         raise ValueError(f"payload must be bytes, got {type(payload).__name__}")
     body = _FIXED.pack(
         MAGIC,
-        header.version,
-        header.model_id,
-        header.rate_index,
+        header.version << 4 | header.rate_index,
         header.height,
         header.width,
         *header.rms_codes,
     ) + bytes(payload)
-    return body + struct.pack(">I", zlib.crc32(body))
+    return body + struct.pack(">I", _crc(header.model_id, body))
 
 
-def unpack(data: bytes) -> tuple[Header, bytes]:
-    """Parse and validate a stream; every problem raises :class:`BitstreamError`."""
+def _check_frame(data: object) -> bytes:
+    """Type, length, magic and version: the checks that need no model."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BitstreamError(f"bitstream must be bytes, got {type(data).__name__}")
     data = bytes(data)
     n = len(data)
-    # 1. Length and the fixed identification fields.
+    if data[:3] == LEGACY_V2_PREFIX:
+        raise BitstreamError(
+            "format version 2 (written before 2026-12); this reader reads version "
+            f"{VERSION}: decode it with an earlier release and re-encode"
+        )
     if n < MIN_STREAM_BYTES:
         raise BitstreamError(f"bitstream too short: {n} bytes, need at least {MIN_STREAM_BYTES}")
-    if data[:2] != MAGIC:
-        raise BitstreamError(f"bad magic {data[:2]!r}, expected {MAGIC!r}")
-    if data[2] != VERSION:
-        raise BitstreamError(f"unsupported format version {data[2]} (this reader: {VERSION})")
-    # 2. Integrity, before interpreting the remaining fields. The payload runs to the CRC,
-    #    so a truncated or extended stream fails here too.
+    if data[:1] != MAGIC:
+        raise BitstreamError(f"bad magic {data[:1]!r}, expected {MAGIC!r}")
+    if data[1] >> 4 != VERSION:
+        raise BitstreamError(f"unsupported format version {data[1] >> 4} (this reader: {VERSION})")
+    return data
+
+
+def crc_matches(data: bytes, model_id: bytes) -> bool:
+    """Whether ``data`` is an intact stream written by the model ``model_id`` (no other
+    field is interpreted; ``False`` for anything malformed)."""
+    try:
+        data = _check_frame(data)
+    except BitstreamError:
+        return False
     stored = int.from_bytes(data[-CRC_BYTES:], "big")
-    computed = zlib.crc32(data[:-CRC_BYTES])
+    return stored == _crc(_check_model_id(model_id), data[:-CRC_BYTES])
+
+
+def unpack(data: bytes, model_id: bytes) -> tuple[Header, bytes]:
+    """Parse and validate a stream written by model ``model_id``.
+
+    Every problem with ``data`` raises :class:`BitstreamError`; a ``model_id`` that is not
+    4 bytes is a programmer error (``ValueError``).
+    """
+    model_id = _check_model_id(model_id)
+    # 1. Length and the fixed identification fields.
+    data = _check_frame(data)
+    n = len(data)
+    # 2. Integrity (and the model), before interpreting the remaining fields. The payload
+    #    runs to the CRC, so a truncated or extended stream fails here too.
+    stored = int.from_bytes(data[-CRC_BYTES:], "big")
+    computed = _crc(model_id, data[:-CRC_BYTES])
     if stored != computed:
         raise BitstreamError(
-            f"CRC mismatch: stored {stored:08x}, computed {computed:08x} "
-            f"(the {n}-byte stream is corrupted, truncated or has bytes appended)"
+            f"CRC mismatch: stored {stored:08x}, computed {computed:08x} for model "
+            f"{model_id.hex()} (the {n}-byte stream is corrupted, truncated or has bytes "
+            "appended, or another model wrote it)"
         )
     # 3. Field semantics (a stream with a valid CRC can still be hand-crafted).
-    _, version, model_id, rate, height, width, *codes = _FIXED.unpack_from(data)
-    if rate > MAX_RATE_INDEX:
-        raise BitstreamError(f"rate index {rate} outside 0..{MAX_RATE_INDEX}")
+    _, version_rate, height, width, *codes = _FIXED.unpack_from(data)
     if height == 0 or width == 0:
         raise BitstreamError(f"zero image dimension: {width}x{height}")
     try:  # re-validates; cannot fail after the checks above, but must never leak ValueError
         header = Header(
             model_id=model_id,
-            rate_index=rate,
+            rate_index=version_rate & 0x0F,
             height=height,
             width=width,
             rms=tuple(rms_value(q) for q in codes),
-            version=version,
+            version=version_rate >> 4,
         )
     except ValueError as e:
         raise BitstreamError(f"invalid header: {e}") from None

@@ -69,7 +69,7 @@ class Codec:
             raise ValueError(f'Invalid batch_size "{batch_size}", should be >= 1')
         if max_pixels < 1:
             raise ValueError(f'Invalid max_pixels "{max_pixels}", should be >= 1')
-        # A 20-byte stream may declare 65535x65535: parse refuses more than this many pixels
+        # A 14-byte stream may declare 65535x65535: parse refuses more than this many pixels
         # before it allocates the index grid (or the decoder the image).
         self.max_pixels = max_pixels
         self.device = torch.device(device)
@@ -91,9 +91,13 @@ class Codec:
 
     @classmethod
     def from_config(cls, name: str = "oscar-tiny", seed: int = 0, **kwargs) -> Codec:
-        """A randomly initialised model of a registered configuration (seeded)."""
+        """A randomly initialised model of a registered configuration (seeded), with random
+        codebooks (see ``HyperEncoder.randomize_codebook``)."""
         torch.manual_seed(seed)
-        return cls(OscarModel(get_config(name)), **kwargs)
+        model = OscarModel(get_config(name))
+        for hyper in model.hypers:
+            hyper.randomize_codebook()
+        return cls(model, **kwargs)
 
     @property
     def ladder(self) -> RateLadder:
@@ -169,11 +173,8 @@ class Codec:
     # -- decode ------------------------------------------------------------------------
     def parse(self, stream: bytes) -> Parsed:
         """Validate one bitstream against this model and entropy-decode its indices."""
-        header, payload = bitstream.unpack(stream)
-        if header.model_id != self.model_id:
-            raise BitstreamError(
-                f"written by model {header.model_id.hex()}, this model is {self.model_id.hex()}"
-            )
+        # The CRC is seeded with our model id: a stream from another model fails it.
+        header, payload = bitstream.unpack(stream, self.model_id)
         if header.rate_index >= len(self.ladder):
             raise BitstreamError(
                 f"rate index {header.rate_index} not on this model's ladder (0..{len(self.ladder) - 1})"

@@ -121,6 +121,17 @@ class HyperEncoder(nn.Module):
             threshold_ema_dead_code=2,
         )
 
+    @torch.no_grad()
+    def randomize_codebook(self) -> None:
+        """Random unit codewords, marked initialised (from the global torch seed).
+
+        A fresh codebook is all zeros until k-means runs on the first training batch, so an
+        untrained model maps every input to index 0; ``Codec.from_config`` calls this so
+        that a random model codes varied indices."""
+        embed = self.quantizer._codebook.embed  # (1, K, codebook_dim)
+        embed.copy_(F.normalize(torch.randn_like(embed), dim=-1))
+        self.quantizer._codebook.initted.fill_(True)
+
     # -- coding path -------------------------------------------------------------------
     def encode_indices(self, z0: Tensor) -> Tensor:
         """z0 (B,4,h,w) -> indices (B,h/d,w/d) int64: argmax cosine similarity."""

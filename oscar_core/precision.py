@@ -10,7 +10,7 @@ What stays float32 whatever the precision, and why:
   argmax picks another code for up to 24% of positions at rate 0 (measured on Kodak with
   the shipped model), so the bitstream would depend on the precision far more than needed;
 - the hyper decode, norm matching, channel RMS (cheap: ~15 ms of ~1.6 s per 768x512 image);
-- entropy coding (integer rANS, no floats).
+- entropy coding (integer range coding, no floats).
 
 A bf16 *encoder* still changes the bitstream a little: z0 moves by ~0.6% (relative mean
 abs), which flips 0.9-2.3% of the VQ indices (by rate) and may move the header's RMS codes. The

@@ -14,8 +14,9 @@ time is up: random bytes and mutated seeds. Both print the number of cases run.
 The first byte of an input picks what the rest is fed to:
 
     0  ``Codec.parse(rest)``: a raw stream (magic, lengths and CRC reject most of these);
-    1  the bytes after the model id, with magic, version, this model's id (or not) and the
-       CRC made right, so the field checks and the entropy decoder are reached;
+    1  the bytes after the version byte (a rate nibble first), with magic, version and the
+       CRC (seeded with this model's id, or a foreign one) made right, so the field checks
+       and the entropy decoder are reached;
     2  ``IndexCoder.decode(payload, count)`` on one rate's coder, count from two bytes;
     3  round trip: indices from the bytes, ``encode`` then ``decode`` must give them back.
 
@@ -81,20 +82,23 @@ def codec():  # noqa: ANN201 - an oscar_core.Codec
 
 
 def _fixed_up(rest: bytes) -> bytes:
-    """``rest`` as the bytes after the model id, inside a stream with the right magic,
-    version, model id (this model's, or a foreign one) and CRC: the field checks and the
-    entropy decoder are reached. Only the parts every format version shares are assumed:
-    ``magic | version | model id | rate (1) | H (2) | W (2) | ...`` and a CRC-32 trailer.
+    """``rest`` (flags, then a rate byte, then the bytes after the version byte) inside a
+    stream with the right magic, version and CRC, the CRC seeded with this model's id or a
+    foreign one: the field checks and the entropy decoder are reached. Layout assumed
+    (format 3): ``magic | version << 4 | rate | H (2) | W (2) | ...`` and a CRC-32 trailer
+    over ``model id + body``.
     """
     c = codec()
     head = rest[0] if rest else 0
-    tail = bytearray(rest[1:])
+    tail = bytearray(rest[1:] or b"\0")
     model_id = c.model_id if head & 1 else bytes(b ^ 0xFF for b in c.model_id)
+    rate = tail[0] & 0x0F
     if head & 2 and len(tail) >= 5:  # a rate on the ladder and a small image
         h, w = struct.unpack_from(">HH", tail, 1)
-        struct.pack_into(">BHH", tail, 0, tail[0] % len(c.ladder), 1 + h % 1024, 1 + w % 1024)
-    body = bitstream.MAGIC + bytes([bitstream.VERSION]) + model_id + bytes(tail)
-    return body + struct.pack(">I", zlib.crc32(body))
+        rate %= len(c.ladder)
+        struct.pack_into(">HH", tail, 1, 1 + h % 1024, 1 + w % 1024)
+    body = bitstream.MAGIC + bytes([bitstream.VERSION << 4 | rate]) + bytes(tail[1:])
+    return body + struct.pack(">I", zlib.crc32(body, zlib.crc32(model_id)))
 
 
 def _check_parsed(parsed) -> None:  # noqa: ANN001
@@ -114,7 +118,7 @@ def one_input(data: bytes) -> str:
     try:
         if mode in (0, 1):
             stream = rest if mode == 0 else _fixed_up(rest)
-            header, _ = bitstream.unpack(stream)
+            header, _ = bitstream.unpack(stream, c.model_id)
             if header.height * header.width > MAX_PIXELS:
                 return "big"  # legal, but decoding it costs ~50 bytes of RAM per pixel
             _check_parsed(c.parse(stream))
@@ -144,7 +148,8 @@ def seeds() -> list[bytes]:
     for rate in range(len(c.ladder)):
         (stream,) = c.compress([img], rate)
         out.append(b"\0" + stream)
-        out.append(b"\1\1" + stream[3 + bitstream.MODEL_ID_BYTES : -4])  # this model's id
+        # mode 1, this model's id, the rate, then H, W, RMS and the payload
+        out.append(b"\1\1" + bytes([stream[1] & 0x0F]) + stream[2:-4])
     return out
 
 

@@ -35,7 +35,8 @@ def test_seeds_are_real_streams_that_parse():
     assert [fb.one_input(s) for s in seeds] == ["ok"] * len(seeds)
     # Every mode rejects garbage with BitstreamError only (one_input returns "rejected").
     assert fb.one_input(b"\0garbage") == "rejected"
-    assert fb.one_input(b"\2\0\0\x10" + b"\xff" * 7) == "rejected"  # 7 bytes: not words
+    # 12 bytes cannot be one symbol's payload (entropy.max_payload_bytes(1) == 11)
+    assert fb.one_input(b"\2\0\0\x01" + b"\xff" * 12) == "rejected"
 
 
 def test_hypothesis_driver_few_seconds():

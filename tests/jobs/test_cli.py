@@ -94,12 +94,12 @@ def corrupted_variants(good: bytes, foreign: bytes) -> dict[str, bytes]:
     cut_points = {0, 1, 2, 3, 10, 15, 16, 19, 20, 21, n // 2, n - 5, n - 4, n - 1}
     for cut in sorted(c for c in cut_points if 0 <= c < n):
         out[f"trunc_{cut:03d}"] = good[:cut]
-    # deterministic flips in every region: magic, version, model id, rate, sizes, rms,
-    # varint, payload, CRC
+    # deterministic flips in every region: magic, version | rate, sizes, rms, payload, CRC
     for pos in (0, 1, 2, 3, 7, 8, 11, 12, 15, 16, 17, n // 2, n - 5, n - 4, n - 1):
         flipped = bytearray(good)
         flipped[pos] ^= 0x01
         out[f"flip1_at_{pos:03d}"] = bytes(flipped)
+    out["version_flip"] = good[:1] + bytes([good[1] ^ 0x10]) + good[2:]  # version 3 -> 2
     for i in range(12):  # random single bits
         flipped = bytearray(good)
         bit = int(rng.integers(0, 8 * n))
@@ -115,7 +115,7 @@ def corrupted_variants(good: bytes, foreign: bytes) -> dict[str, bytes]:
     out["append_4"] = good + b"OSCR"
     out["append_100_random"] = good + rng.integers(0, 256, 100, dtype=np.uint8).tobytes()
     out["doubled"] = good + good
-    out["empty_payload"] = good[:16] + good[-4:]
+    out["empty_payload"] = good[:10] + good[-4:]  # the 10 fixed header bytes and the CRC
     out["foreign_model"] = foreign
     return out
 
@@ -193,13 +193,13 @@ def runs(workdir) -> dict:
 
 
 # -- compress ----------------------------------------------------------------------------
-def test_compress_by_index(workdir, runs):
+def test_compress_by_index(workdir, runs, model_id):
     result = runs["compress_index"]
     assert result.returncode == 0, result
     assert result.stderr.strip() == "", result
     for name in GOOD_INPUTS:
         stream = (workdir / "out" / f"{Path(name).stem}.oscar").read_bytes()
-        header, _ = bitstream.unpack(stream)
+        header, _ = bitstream.unpack(stream, bytes.fromhex(model_id))
         assert header.rate_index == 2
     assert sorted(p.name for p in (workdir / "out").iterdir()) == sorted(
         f"{Path(n).stem}.oscar" for n in GOOD_INPUTS
@@ -260,7 +260,8 @@ def test_info(workdir, runs, model_id):
     assert (info["width"], info["height"]) == (width, height)
     assert info["bytes"] == size
     assert info["measured_bpp"] == pytest.approx(8 * size / (width * height), abs=1e-6)
-    assert info["model_id"] == model_id and info["model_matches"] is True
+    assert info["model_id"] == model_id  # verified by the CRC, which it seeds
+    assert info["format_version"] == 3 and info["payload_bytes"] == size - 14
 
 
 def test_info_on_corrupted_file(runs):
@@ -305,13 +306,13 @@ def test_decompress_fuzz(workdir, runs):
     reasons = {Path(m["subject"]).stem: m["reason"] for m in lines}
     for name, reason in reasons.items():  # "cannot decode: <why>", the why not empty
         assert re.fullmatch(r"cannot decode: \S.{4,}", reason), (name, reason)
-    assert "written by model" in reasons["foreign_model"]
+    assert "another model wrote it" in reasons["foreign_model"]
     assert "too short" in reasons["trunc_000"]
     assert "appended" in reasons["append_1_zero"]
     assert "bad magic" in reasons["flip1_at_000"]
-    assert "unsupported format version" in reasons["flip1_at_002"]
+    assert "unsupported format version 2" in reasons["version_flip"]
     n = len(fuzz_inputs["append_1_zero"]) - 1  # the good stream's length
-    for pos in (3, 8, 12, n - 5, n - 1):  # model id, size, rms, payload, CRC
+    for pos in (1, 3, 7, 12, n - 5, n - 1):  # rate, size, rms, payload, CRC
         assert "CRC mismatch" in reasons[f"flip1_at_{pos:03d}"], pos
     assert "truncated" in reasons[f"trunc_{n - 1:03d}"]  # the CRC catches it
     # the good file in the middle of the list is still decoded
@@ -329,7 +330,7 @@ def test_default_model_round_trip(workdir, runs):
     for key in ("a", "gray"):
         width, height, _, name = IMAGES[key]
         stream = (workdir / "dflt" / f"{Path(name).stem}.oscar").read_bytes()
-        header, _ = bitstream.unpack(stream)
-        assert header.model_id == shipped.model_id and header.rate_index == 7
+        header, _ = bitstream.unpack(stream, shipped.model_id)  # the CRC checks the model
+        assert header.rate_index == 7
         (decoded,) = shipped.decompress([stream])
         assert decoded.shape == (height, width, 3)

@@ -16,6 +16,7 @@ from oscar_core.bitstream import (
     MAGIC,
     MIN_STREAM_BYTES,
     Header,
+    crc_matches,
     pack,
     rms_code,
     rms_value,
@@ -45,36 +46,40 @@ def make_header(**kw: object) -> Header:
 
 
 PAYLOAD = bytes(range(90))  # a typical lowest-rate payload size
+MODEL = b"\x12\x34\x56\x78"  # make_header's model id: seeds the CRC
 
 
 def raw_stream(
     *,
     magic: bytes = MAGIC,
-    version: int = 2,
-    model_id: bytes = b"abcd",
+    version: int = 3,
+    model_id: bytes = MODEL,
     rate: int = 0,
     dims: tuple[int, int] = (64, 48),
     rms_codes: tuple[int, int, int, int] = (0,) * 4,  # 2 ** 0 = 1.0
     payload: bytes = b"\x01\x02\x03\x04\x05\x06\x07\x08",
 ) -> bytes:
-    """Build a stream field by field, bypassing Header validation, with a correct CRC."""
-    body = magic + bytes([version]) + model_id + bytes([rate]) + struct.pack(">2H", *dims)
+    """Build a stream field by field, bypassing Header validation, with a correct CRC
+    (seeded with ``model_id``)."""
+    body = magic + bytes([version << 4 | rate]) + struct.pack(">2H", *dims)
     body += struct.pack(">4b", *rms_codes)
     body += payload
-    return body + struct.pack(">I", zlib.crc32(body))
+    return body + struct.pack(">I", zlib.crc32(model_id + body))
 
 
 def test_layout_is_byte_exact() -> None:
     h = make_header()
     s = pack(h, PAYLOAD)
-    assert FIXED_HEADER_BYTES == 16 and MIN_STREAM_BYTES == 20
-    assert len(s) == 16 + len(PAYLOAD) + 4
-    assert s[:2] == b"OS" and s[2] == 2 and s[3:7] == h.model_id and s[7] == 3
-    assert struct.unpack(">2H", s[8:12]) == (375, 500)
+    assert FIXED_HEADER_BYTES == 10 and MIN_STREAM_BYTES == 14
+    assert len(s) == 10 + len(PAYLOAD) + 4
+    assert s[:1] == b"O" and s[1] == 0x33  # version 3 << 4 | rate 3
+    assert struct.unpack(">2H", s[2:6]) == (375, 500)
     # rms (0.8123, 1.234567, 0.0, 3.14159) -> round(16 log2 v), 0 clamped to -128
-    assert struct.unpack(">4b", s[12:16]) == (-5, 5, -128, 26)
-    assert s[16:-4] == PAYLOAD
-    assert s[-4:] == struct.pack(">I", zlib.crc32(s[:-4]))
+    assert struct.unpack(">4b", s[6:10]) == (-5, 5, -128, 26)
+    assert s[10:-4] == PAYLOAD
+    assert h.model_id not in s  # not written: it seeds the CRC
+    assert s[-4:] == struct.pack(">I", zlib.crc32(h.model_id + s[:-4]))
+    assert s == raw_stream(rate=3, dims=(375, 500), rms_codes=(-5, 5, -128, 26), payload=PAYLOAD)
 
 
 @pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16384])
@@ -82,12 +87,29 @@ def test_round_trip(n: int) -> None:
     h = make_header(rms=(0.1, 65504.0, 1e-7, 2.0))
     assert h.rms == (rms_value(-53), rms_value(127), rms_value(-128), 2.0)  # rounded, clamped
     payload = np.random.default_rng(n).bytes(n)
-    h2, p2 = unpack(pack(h, payload))
+    h2, p2 = unpack(pack(h, payload), MODEL)
     assert p2 == payload
     assert h2 == h  # the header the encoder builds is the header the decoder parses
-    assert (h2.model_id, h2.rate_index, h2.height, h2.width) == (b"\x12\x34\x56\x78", 3, 375, 500)
-    assert h2.version == 2
-    assert unpack(pack(h2, p2)) == (h2, p2)  # idempotent once rounded
+    assert (h2.model_id, h2.rate_index, h2.height, h2.width) == (MODEL, 3, 375, 500)
+    assert h2.version == 3
+    assert unpack(pack(h2, p2), MODEL) == (h2, p2)  # idempotent once rounded
+
+
+def test_model_id_seeds_the_crc() -> None:
+    s = pack(make_header(), PAYLOAD)
+    other = b"\x12\x34\x56\x79"
+    assert crc_matches(s, MODEL) and not crc_matches(s, other)
+    assert not crc_matches(s[:-1], MODEL) and not crc_matches(b"junk", MODEL)
+    with pytest.raises(BitstreamError, match="for model 12345679.*another model wrote it"):
+        unpack(s, other)
+    with pytest.raises(ValueError, match="model_id must be 4 bytes"):
+        unpack(s, b"abc")
+
+
+def test_version_2_streams_are_named() -> None:
+    v2 = b"OS\x02" + b"abcd" + bytes(9) + PAYLOAD + bytes(4)  # a version-2 layout
+    with pytest.raises(BitstreamError, match="format version 2 .*earlier release"):
+        unpack(v2, MODEL)
 
 
 def test_rms_code_is_a_log_scale_with_bounded_error() -> None:
@@ -126,24 +148,23 @@ def test_specific_errors() -> None:
     cases = [
         ("nope", "must be bytes"),
         (s[:10], "too short: 10 bytes"),
-        (b"PK" + s[2:], "bad magic b'PK'"),
-        (s[:2] + b"\x01" + s[3:], "unsupported format version 1"),
+        (b"P" + s[1:], "bad magic b'P'"),
+        (s[:1] + b"\x13" + s[2:], "unsupported format version 1"),
         (s[:-1], "CRC mismatch.*truncated"),
         (s + b"\x00", "CRC mismatch.*appended"),
         (s[:-4] + bytes(4), "CRC mismatch"),
-        (raw_stream(rate=16), "rate index 16"),
         (raw_stream(dims=(0, 5)), "zero image dimension"),
     ]
     for data, msg in cases:
         with pytest.raises(BitstreamError, match=msg.replace("(", r"\(")):
-            unpack(data)  # type: ignore[arg-type]
+            unpack(data, MODEL)  # type: ignore[arg-type]
 
 
 def test_every_truncation_fails() -> None:
     s = pack(make_header(), PAYLOAD)
     for n in range(len(s)):
         with pytest.raises(BitstreamError):
-            unpack(s[:n])
+            unpack(s[:n], MODEL)
 
 
 def test_bit_flips_fail() -> None:
@@ -156,15 +177,15 @@ def test_bit_flips_fail() -> None:
         for bit in rng.choice(nbits, size=k, replace=False):
             buf[bit // 8] ^= 1 << (bit % 8)
         with pytest.raises(BitstreamError):
-            unpack(bytes(buf))
+            unpack(bytes(buf), MODEL)
 
 
 @FAST
 @given(st.binary(max_size=120))
 def test_arbitrary_bytes(data: bytes) -> None:
-    for candidate in (data, MAGIC + b"\x02" + data):
+    for candidate in (data, MAGIC + b"\x30" + data):
         try:
-            header, payload = unpack(candidate)
+            header, payload = unpack(candidate, MODEL)
         except BitstreamError:
             continue
         assert isinstance(header, Header) and isinstance(payload, bytes)
@@ -174,7 +195,7 @@ def test_arbitrary_bytes(data: bytes) -> None:
 @given(payload=st.binary(max_size=64), rate=st.integers(0, 15))
 def test_arbitrary_payload_with_valid_crc(payload: bytes, rate: int) -> None:
     s = raw_stream(payload=payload, rate=rate)
-    header, p = unpack(s)
+    header, p = unpack(s, MODEL)
     assert p == payload and header.rate_index == rate and header.rms == (1.0,) * 4
 
 
@@ -185,15 +206,16 @@ _DIM = st.sampled_from([0, 1, 7, 8, 9, 375, 4096, 65534, 65535])
 @given(
     dims=st.tuples(_DIM, _DIM),
     rms_codes=st.tuples(*[st.sampled_from([-128, -1, 0, 1, 127])] * 4),
-    rate=st.sampled_from([0, 15, 16, 255]),
+    rate=st.sampled_from([0, 1, 14, 15]),  # the rate nibble holds any 0..15
 )
 def test_extreme_header_fields(
     dims: tuple[int, int], rms_codes: tuple[int, int, int, int], rate: int
 ) -> None:
     s = raw_stream(dims=dims, rms_codes=rms_codes, rate=rate)
-    if min(dims) >= 1 and rate <= 15:  # every int8 RMS code is a valid value
-        header, _ = unpack(s)
+    if min(dims) >= 1:  # every int8 RMS code is a valid value
+        header, _ = unpack(s, MODEL)
         assert (header.height, header.width) == dims and header.rms_codes == rms_codes
+        assert header.rate_index == rate
     else:
         with pytest.raises(BitstreamError):
-            unpack(s)
+            unpack(s, MODEL)

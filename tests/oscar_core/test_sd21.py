@@ -113,8 +113,8 @@ def test_sd21_round_trip(sd21, rate_index):
     compress_s = time.perf_counter() - start
     rss_compress = peak_rss_mib()
 
-    header, payload = bitstream.unpack(stream)
-    assert header.rate_index == rate_index and header.model_id == codec.model_id
+    header, payload = bitstream.unpack(stream, codec.model_id)
+    assert header.rate_index == rate_index
     assert (header.height, header.width) == (SIZE, SIZE)
     parsed = codec.parse(stream)
     d = codec.ladder[rate_index].downsample
