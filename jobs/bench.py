@@ -12,7 +12,7 @@ Sections (one function each, returning a dict; see ``bench_common`` for its keys
     4  encode-shards vs the bare model in the same worker          (bench_pipeline)
     5  1 vs 2 CPU actors through Ray + projected images/s per GPU  (bench_scaling)
     6  peak RSS of a worker for shards of 100 vs 1,000 images      (bench_pipeline)
-    7  range-coded vs fixed-length bits of the VQ indices per rate        (bench_codec)
+    7  range-coded vs fixed-length bits of the VQ indices per rate (bench_codec)
     8  storage.open_read vs boto3 get_object on the local radosgw  (bench_s3)
 
 Every figure is the median of ``--repeats`` runs after a warm-up run; every comparison runs

@@ -145,6 +145,11 @@ def _crc(model_id: bytes, body: bytes) -> int:
     return zlib.crc32(body, zlib.crc32(model_id))
 
 
+def _stored_and_computed_crc(data: bytes, model_id: bytes) -> tuple[int, int]:
+    """The stream's CRC trailer, and the CRC of what precedes it under ``model_id``."""
+    return int.from_bytes(data[-CRC_BYTES:], "big"), _crc(model_id, data[:-CRC_BYTES])
+
+
 def pack(header: Header, payload: bytes) -> bytes:
     """Serialise ``header`` and ``payload`` (layout in the module docstring)."""
     if not isinstance(header, Header):
@@ -188,8 +193,8 @@ def crc_matches(data: bytes, model_id: bytes) -> bool:
         data = _check_frame(data)
     except BitstreamError:
         return False
-    stored = int.from_bytes(data[-CRC_BYTES:], "big")
-    return stored == _crc(_check_model_id(model_id), data[:-CRC_BYTES])
+    stored, computed = _stored_and_computed_crc(data, _check_model_id(model_id))
+    return stored == computed
 
 
 def unpack(data: bytes, model_id: bytes) -> tuple[Header, bytes]:
@@ -204,8 +209,7 @@ def unpack(data: bytes, model_id: bytes) -> tuple[Header, bytes]:
     n = len(data)
     # 2. Integrity (and the model), before interpreting the remaining fields. The payload
     #    runs to the CRC, so a truncated or extended stream fails here too.
-    stored = int.from_bytes(data[-CRC_BYTES:], "big")
-    computed = _crc(model_id, data[:-CRC_BYTES])
+    stored, computed = _stored_and_computed_crc(data, model_id)
     if stored != computed:
         raise BitstreamError(
             f"CRC mismatch: stored {stored:08x}, computed {computed:08x} for model "

@@ -125,7 +125,6 @@ class IndexCoder:
         freqs = np.diff(np.asarray(cdf, dtype=np.int64))
         if np.any(freqs < 1):
             raise ValueError("quantised CDF gives a symbol zero frequency")
-        self.freqs = freqs  # (K,) int64, sums to 2**16
         # Integer-valued floats: perfect=True represents them exactly (module docstring).
         self._model = constriction.stream.model.Categorical(freqs.astype(np.float64), perfect=True)
         self._code_bits = PRECISION - np.log2(freqs.astype(np.float64))  # -log2 q(s)
