@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -153,6 +154,14 @@ def _dispatch(job: EncodeJob | DecodeJob, tasks: list, method: str, res: Resourc
     )
 
 
+def _remove_stale_temps(urls: Iterable[str]) -> None:
+    """After dispatch (no worker of the job writes any more): delete the temps of atomic
+    writes whose worker was killed mid-publish; its retry published under a new temp."""
+    for url in urls:
+        for stale in storage.remove_stale_temps(url):
+            log.info("removed %s, left by a killed writer", stale)
+
+
 def run_encode(job: EncodeJob) -> dict[str, Any]:
     """Encode every shard of ``job.src`` not yet done; returns the job report."""
     t0, started_at = time.perf_counter(), now_iso()
@@ -218,6 +227,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
     workers: list[dict[str, Any]] = []
     if tasks:
         results, failures, workers = _dispatch(job, tasks, "encode_shard", res)
+        _remove_stale_temps(u for t in tasks for u in (t.parquet_url, t.stats_url))
     for task, error in failures:
         write_json(
             join(job.out, task.name + FAILED_SUFFIX),
@@ -289,6 +299,7 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
         for u in urls
     ]
     results, failures, workers = _dispatch(job, tasks, "decode_shard", res)
+    _remove_stale_temps(t.output for t in tasks if not t.as_files)
     # 3. Report
     report = {
         "command": "decode-shards",

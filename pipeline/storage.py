@@ -258,6 +258,22 @@ def _local_atomic(path: str, write: Any) -> None:
         raise
 
 
+def remove_stale_temps(url: str) -> list[str]:
+    """Delete what atomic writes to ``url`` left behind when their writer was killed
+    (SIGKILL, OOM: no ``finally`` ran): ``<key>.tmp-<uuid>`` objects on S3, ``.<name>.tmp-*``
+    files next to a local path. Returns the URLs removed. Call it only when no writer of
+    ``url`` can still be running (a job does, after its workers are done)."""
+    loc = parse_url(url)
+    if loc.scheme == "s3":
+        stale = list_prefix(f"{url}.tmp-")
+    else:
+        d, name = os.path.split(os.path.abspath(loc.path))
+        stale = sorted(glob.glob(os.path.join(d, glob.escape(f".{name}.tmp-") + "*")))
+    for u in stale:
+        delete(u)
+    return stale
+
+
 def atomic_put(url: str, data: bytes) -> None:
     """Write ``data`` so readers see either the old object or the whole new one."""
     loc = parse_url(url)

@@ -154,6 +154,28 @@ def test_atomic_put(root: str) -> None:
         assert os.listdir(os.path.dirname(url)) == ["result.parquet"]
 
 
+def test_remove_stale_temps(root: str) -> None:
+    """A writer killed inside atomic_put leaves its temp; the sweep removes exactly those
+    of the given target (not the result, not another target's temp)."""
+    url = f"{root}/out/a.parquet"
+    storage.atomic_put(url, b"done")
+    if url.startswith("s3://"):  # what _s3_atomic's upload leaves before its copy/delete
+        stale = [f"{url}.tmp-{'1' * 32}", f"{url}.tmp-{'2' * 32}"]
+        other = f"{root}/out/ab.parquet.tmp-{'3' * 32}"
+        for u in (*stale, other):
+            storage.put_bytes(u, b"partial")
+    else:  # what _local_atomic's mkstemp leaves
+        d = os.path.dirname(url)
+        stale = [os.path.join(d, ".a.parquet.tmp-x1y2"), os.path.join(d, ".a.parquet.tmp-z3")]
+        other = os.path.join(d, ".ab.parquet.tmp-q9")
+        for u in (*stale, other):
+            Path(u).write_bytes(b"partial")
+    assert storage.remove_stale_temps(url) == sorted(stale)
+    assert storage.read_bytes(url) == b"done"
+    assert storage.exists(other)
+    assert storage.remove_stale_temps(url) == []
+
+
 def test_atomic_put_file(root: str, tmp_path: Path) -> None:
     # 20 MB: above boto3's 8 MB multipart threshold, so the multipart path is exercised.
     data = _payload(20 * MiB)
