@@ -8,8 +8,8 @@ OOM kill, segfault, lost node) before retrying its task. Why our own loop and no
 ``ray.util.ActorPool``: the pool cannot tell a dead actor from a failed task, nor replace
 the actor, nor delay a retry.
 
-Ray is imported lazily, after ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set, so that a
-local instance binds every server to 127.0.0.1.
+Ray is imported lazily, after the package has set ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+(``pipeline/__init__.py``), so that a local instance binds every server to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -48,9 +48,7 @@ def connect_ray(address: str | None) -> bool:
     Returns True when this call initialised Ray (the caller shuts it down); an already
     initialised Ray (a notebook, the test session) is used as is.
     """
-    # Before Ray is imported: bind every Ray server to 127.0.0.1, not the external address.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
+    import ray  # after pipeline/__init__.py: every local Ray server binds 127.0.0.1
 
     if ray.is_initialized():
         return False
