@@ -5,6 +5,7 @@
     (both: --precision fp32|bf16, bf16 autocast of the heavy stages; oscar_core/precision.py)
     oscar info FILE                              -> JSON on stdout
     oscar rates [--json]                         -> the rate ladder
+    oscar import-reference / fit-entropy         -> jobs/model_cli.py
     oscar demo                                   -> the embedded default (see jobs/demo.py)
 
 Exit status: 0 when every input succeeded, 2 when any input was bad (the others are still
@@ -137,6 +138,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "measured_bpp": round(8 * len(data) / (header.width * header.height), 6),
         "pseudo_timestep": rate.t if rate else None,
         "model_id": header.model_id.hex(),  # verified: the CRC is seeded with it
+        # the entropy coder's pmf for this rate: "fitted" from images, or still "uniform"
+        # (an imported reference model before `oscar fit-entropy`): bytes, never pixels
+        "pmf": ("fitted" if codec.model.pmf_fitted(rate.index) else "uniform") if rate else None,
     }
     print(json.dumps(info, indent=2))
     return 0
@@ -192,6 +196,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         out=args.out,
         device=args.device,
         threads=args.threads,
+        base=args.base,
+        sd21_dir=args.sd21,
     )
 
 
@@ -238,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="run directory (re-run to resume)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--base", default=None, help="oscar-tiny, oscar-sd21 or a model directory")
+    p.add_argument("--sd21", default=None, metavar="DIR", help="SD-2.1 dir for base oscar-sd21")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--nproc", type=int, default=None, help="processes (one per GPU with --device cuda)"
@@ -291,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_shard_commands(sub, add)
 
+    # -- model commands: import-reference, fit-entropy (jobs/model_cli.py)
+    from jobs.model_cli import add_model_commands
+
+    add_model_commands(sub, add)
+
     # -- recompress: encode-shards + bytes before/after + quality (jobs/shards_cli.py)
     from jobs.shards_cli import add_recompress_command
 
@@ -304,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
         _error(args.command, str(exc))
         return EXIT_BAD_INPUT
 

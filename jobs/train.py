@@ -1,6 +1,8 @@
 """``oscar train``: two-stage OSCAR training (+ stage 0 for the tiny latent autoencoder).
 
     stage0  latent autoencoder: L1 + (1 - SSIM) + tiny KL (+ Cb/Cr L1)  (not for a pretrained VAE)
+            (base ``oscar-sd21`` + ``sd21_dir``: SD-2.1's VAE and UNet, frozen, with rank-16
+            LoRA adapters + full conv_in + embedding trained in stage 2, as the reference)
     stage1  hyper-encoders, frozen autoencoder: -cos(z~, z0) per position + VQ commitment
     fit     per rate on held-out crops: mean cos(z~, z0) -> t_r with sqrt(abar_t) closest;
             index histograms -> the entropy coder's static pmfs (stored in the model)
@@ -19,6 +21,7 @@ torchrun: gradients averaged over ranks, rank 0 writes).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,6 +41,7 @@ from jobs.train_dist import DistContext, init_distributed, launch
 from jobs.train_losses import PatchDiscriminator, Stage2Loss, autoencoder_loss, fit_rate
 from oscar_core import OscarModel, get_config
 from oscar_core.hyper import cosine_per_position
+from oscar_core.reference import load_sd21_weights, sd21_config
 
 log = logging.getLogger("oscar.train")
 
@@ -59,10 +63,12 @@ class Trainer:
         elif Path(config.base).is_dir():
             self.model = OscarModel.from_pretrained(config.base)
         else:
-            self.model = OscarModel(get_config(config.base))
+            self.model = build_base(config)
         ae = self.model.autoencoder
+        if ae.config.pretrained:  # SD-2.1's VAE: frozen in every stage (the reference's)
+            ae.requires_grad_(False)
         if config.colour_skip and not ae.config.colour_skip:
-            if ae.config.pretrained_dir:
+            if ae.config.pretrained:
                 raise ValueError("colour_skip is for the tiny autoencoder, not a pretrained VAE")
             ae.enable_colour_skip()
         self.model.to(self.device)
@@ -124,7 +130,8 @@ class Trainer:
         for step in bar:
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * group["scale"] * _lr_factor(step, cfg.steps)
-            losses = step_fn(step)
+            with self.autocast():
+                losses = step_fn(step)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             self.dist.all_reduce_grads(params)  # mean over ranks: identical steps everywhere
@@ -166,6 +173,12 @@ class Trainer:
             ckpt_path.unlink(missing_ok=True)
         return True
 
+    def autocast(self):
+        """bf16 autocast of a training forward on CUDA (``cuda_bf16``); nothing on CPU."""
+        if self.device.type == "cuda" and self.cfg.cuda_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _checkpoint_model(self) -> None:
         if not self.dist.is_main:
             return
@@ -179,7 +192,7 @@ class Trainer:
     # -- stages -----------------------------------------------------------------------
     def stage0(self) -> bool:
         cfg, ae = self.cfg.stage0, self.model.autoencoder
-        if ae.config.pretrained_dir or cfg.steps == 0:
+        if ae.config.pretrained or cfg.steps == 0:
             return True  # a pretrained VAE (SD-2.1) or a trained base is used as is
 
         def step(_: int) -> dict:
@@ -349,6 +362,8 @@ class Trainer:
         if not self.stage3():
             return False
         self.model.eval()
+        # LoRA adapters (SD-2.1 base) are merged: the model directory holds a plain UNet
+        self.model.denoiser.merge_lora()
         final = self.out / "model"
         self.model.config.notes = {**self.model.config.notes, "training": self.summary}
         if self.dist.is_main:
@@ -356,6 +371,28 @@ class Trainer:
             log.info("final model written to %s", final)
         self.dist.barrier()  # no rank leaves before the model is on disk
         return True
+
+
+def build_base(config: TrainConfig) -> OscarModel:
+    """A fresh model of the registry base: ``oscar-sd21`` from the SD-2.1 directory (its
+    weights, architecture and schedule, LoRA adapters of ``lora_rank``), else random."""
+    if config.base == "oscar-sd21":
+        if not config.sd21_dir:
+            raise ValueError("base oscar-sd21 needs sd21_dir (CLI: --sd21 DIR)")
+        model_config = sd21_config(config.sd21_dir)
+    else:
+        if config.sd21_dir:
+            raise ValueError(f"sd21_dir is for base oscar-sd21, not {config.base!r}")
+        model_config = get_config(config.base)
+    for key, value in (config.hyper or {}).items():
+        if not hasattr(model_config.hyper, key):
+            raise ValueError(f'unknown hyper field "{key}" in the training config')
+        setattr(model_config.hyper, key, value)
+    model = OscarModel(model_config)
+    if config.base == "oscar-sd21":
+        load_sd21_weights(model, config.sd21_dir)
+        model.denoiser.add_lora(config.lora_rank)
+    return model
 
 
 def _lr_factor(step: int, total: int) -> float:

@@ -28,6 +28,15 @@ class TrainConfig:
     data: str = "../shared/data/train"
     out: str = "runs/oscar-tiny"  # run directory: ckpt/, model/, train.log, summary.json
     base: str = "oscar-tiny"  # registry name, or a model directory to start from
+    # base "oscar-sd21": the SD-2.1 diffusers directory (vae/, unet/, scheduler/) whose
+    # weights, architecture and DDPM schedule the model starts from (frozen VAE, no stage 0)
+    sd21_dir: str | None = None
+    lora_rank: int = 16  # LoRA rank on the SD-2.1 UNet (the reference's)
+    # override HyperConfig fields of a registry base (e.g. {"N": 16, "M": 24} in tests)
+    hyper: dict | None = None
+    # bf16 autocast of the training forward on CUDA (the reference's mixed precision);
+    # CPU training stays fp32
+    cuda_bf16: bool = True
     device: str = "cpu"
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None: torch default)

@@ -2,8 +2,8 @@
 
     x (B,3,H,W) in [-1,1] --encode--> z0 (B,4,H/8,W/8) --decode--> x_hat (B,3,H,W) in [-1,1]
 
-A diffusers ``AutoencoderKL``: built from config (``oscar-tiny``, random until trained) or
-loaded from a local diffusers directory (``oscar-sd21``). The encoder is deterministic: z0 is
+A diffusers ``AutoencoderKL`` built from the config; its weights come from the model file
+(trained for ``oscar-tiny``, SD-2.1's VAE copied in by ``oscar import-reference``). The encoder is deterministic: z0 is
 the posterior *mode* times the scaling factor (the reference samples the posterior, which
 makes the same image give different bitstreams).
 
@@ -19,6 +19,8 @@ mean colour linearly, untouched by any norm.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
@@ -31,9 +33,7 @@ DOWNSCALE = 8  # pixels per latent cell, per side
 
 
 def build_vae(config: AutoencoderConfig) -> AutoencoderKL:
-    """An AutoencoderKL from the config, or from ``pretrained_dir`` when set."""
-    if config.pretrained_dir:
-        return AutoencoderKL.from_pretrained(config.pretrained_dir, local_files_only=True)
+    """An AutoencoderKL from the config (random weights: the model's file fills them)."""
     n_blocks = len(config.block_out_channels)
     if 2 ** (n_blocks - 1) != DOWNSCALE:
         raise ValueError(
@@ -50,16 +50,20 @@ def build_vae(config: AutoencoderConfig) -> AutoencoderKL:
         norm_num_groups=config.norm_num_groups,
         scaling_factor=config.scaling_factor,
         mid_block_add_attention=config.mid_block_attention,
+        **config.vae_extra,
     )
 
 
 class LatentAutoencoder(nn.Module):
     """``encode(x) -> z0`` (posterior mode, scaled) and ``decode(z) -> x_hat`` (clamped)."""
 
-    def __init__(self, config: AutoencoderConfig):
+    def __init__(self, config: AutoencoderConfig, empty_weights: bool = False):
         super().__init__()
         self.config = config
-        self.vae = build_vae(config)
+        # empty_weights: tensors on the meta device, filled by load_state_dict(assign=True)
+        # (a model file's weights replace them anyway; random init of SD-2.1 costs seconds)
+        with torch.device("meta") if empty_weights else contextlib.nullcontext():
+            self.vae = build_vae(config)
         # the scaling factor lives in the config (refitted after stage-0 training)
         self.scaling_factor = float(config.scaling_factor)
         if config.colour_skip:

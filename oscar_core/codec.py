@@ -149,11 +149,15 @@ class Codec:
                 out[i] = s
         return out  # type: ignore[return-value]
 
+    def _latents(self, batch: list[np.ndarray], multiple: int) -> torch.Tensor:
+        """Same-size (H,W,3) uint8 arrays -> z0 (B,4,ph/8,pw/8), padded to ``multiple``."""
+        ph, pw = padded_size(*batch[0].shape[:2], multiple)
+        x = pad_reflect(to_tensor(batch).to(self.device), ph, pw)  # (B,3,ph,pw)
+        return self.latent_encode(x)  # float32
+
     def _compress_batch(self, batch: list[np.ndarray], rate: Rate) -> list[bytes]:
         height, width = batch[0].shape[:2]
-        ph, pw = padded_size(height, width, self.model.pad_multiple(rate.index))
-        x = pad_reflect(to_tensor(batch).to(self.device), ph, pw)  # (B,3,ph,pw)
-        z0 = self.latent_encode(x)  # (B,4,ph/8,pw/8) float32
+        z0 = self._latents(batch, self.model.pad_multiple(rate.index))  # (B,4,ph/8,pw/8)
         rms = channel_rms(z0).cpu()  # (B,4); Header rounds it to the 1/16-octave code
         # fp32 whatever the precision: bf16 here flips many argmax indices (precision.py)
         indices = self.model.hypers[rate.index].encode_indices(z0).cpu().numpy()  # (B,hc,wc)
@@ -169,6 +173,25 @@ class Codec:
             )
             streams.append(bitstream.pack(header, coder.encode(indices[b])))
         return streams
+
+    @torch.inference_mode()
+    def index_counts(self, images: Sequence[Image.Image | np.ndarray]) -> list[np.ndarray]:
+        """Histogram of the VQ indices of ``images`` at every rate: (K_r,) int64 per rate.
+
+        The entropy coder's pmfs are estimated from these (``oscar fit-entropy``); z0 is
+        computed once per image, padded to the largest multiple any rate needs."""
+        multiple = max(self.model.pad_multiple(r.index) for r in self.ladder)
+        counts = [np.zeros(r.K, dtype=np.int64) for r in self.ladder]
+        for i, image in enumerate(images):
+            try:
+                array = to_rgb_array(image)
+            except ValueError as exc:
+                raise ValueError(f"image {i}: {exc}") from None
+            z0 = self._latents([array], multiple)
+            for r in self.ladder:
+                indices = self.model.hypers[r.index].encode_indices(z0).cpu().numpy()
+                counts[r.index] += np.bincount(indices.ravel(), minlength=r.K)
+        return counts
 
     # -- decode ------------------------------------------------------------------------
     def parse(self, stream: bytes) -> Parsed:

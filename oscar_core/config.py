@@ -28,18 +28,21 @@ class AutoencoderConfig:
     mid_block_attention: bool = False  # SD has self-attention at 1/8; too slow for CPU tiny
     colour_skip: bool = False  # linear per-cell colour path around the VAE (autoencoder.py)
     scaling_factor: float = 1.0  # z0 = mode(q(z|x)) * scaling_factor (unit-variance latents)
-    pretrained_dir: str | None = None  # diffusers AutoencoderKL dir (e.g. <sd21>/vae)
+    # True: the weights are a pretrained VAE's (SD-2.1): training keeps it frozen (no stage 0)
+    pretrained: bool = False
+    # further diffusers AutoencoderKL arguments where the base differs from diffusers'
+    # defaults (read from <sd21>/vae/config.json by the importer); never a path
+    vae_extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class HyperConfig:
-    """Per-rate hyper-encoder + VQ + projection (reference layout, widths configurable)."""
+    """Per-rate hyper-encoder + VQ + projection (reference HEAD layout, widths configurable)."""
 
-    N: int = 64  # backbone width
-    M: int = 64  # width at the quantiser input and in the projection network
+    N: int = 64  # backbone width (reference: 192)
+    M: int = 64  # width at the quantiser input and in the projection network (reference: 320)
     codebook_dim: int = 32  # VQ works on this dimension (project_in M -> codebook_dim)
-    attention: bool = False  # reference has multi-head self-attention layers (costly on CPU)
-    attention_heads: int = 4
+    attention: bool = False  # compressai AttentionBlock in slots 8 and 14 (reference: yes)
 
 
 @dataclass
@@ -57,8 +60,11 @@ class DenoiserConfig:
     norm_num_groups: int = 16
     num_tokens: int = 4  # tokens of the learned embedding in place of text (SD: 77)
     lora_rank: int = 0  # >0: frozen base UNet + LoRA adapters of this rank (reference: 16)
-    pretrained_dir: str | None = None  # diffusers UNet2DConditionModel dir (<sd21>/unet)
-    # DDPM schedule of the base model (SD-2.1 768-v): scaled_linear, v-prediction
+    # further diffusers UNet2DConditionModel arguments where the base differs from diffusers'
+    # defaults (read from <sd21>/unet/config.json by the importer); never a path
+    unet_extra: dict[str, Any] = field(default_factory=dict)
+    # DDPM schedule of the base model (SD-2.1 768-v: scaled_linear, v-prediction; the
+    # importer reads it from <sd21>/scheduler/scheduler_config.json)
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -91,6 +97,7 @@ class DenoiserConfig:
             "use_linear_projection": self.use_linear_projection,
             "upcast_attention": self.upcast_attention,
             "norm_num_groups": self.norm_num_groups,
+            **self.unet_extra,
         }
 
 
@@ -115,6 +122,12 @@ class OscarConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def architecture_json(self) -> str:
+        """The config without ``name`` and ``notes``: what the model id hashes (with the
+        weights), so renaming a model or editing its notes never changes its id."""
+        data = {k: v for k, v in self.to_dict().items() if k not in {"name", "notes"}}
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OscarConfig:
@@ -150,5 +163,10 @@ def _build(kind: type, values: dict[str, Any]):
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+    if "pretrained_dir" in values:
+        raise ValueError(
+            f"{kind.__name__}.pretrained_dir: model directories are self-contained now (no "
+            "machine paths); re-import the reference with `oscar import-reference`"
+        )
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return kind(**fixed)

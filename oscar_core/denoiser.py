@@ -15,6 +15,8 @@ reference does: three adapters (``default_encoder`` on down blocks + conv_in,
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
@@ -49,16 +51,13 @@ def lora_module_groups(unet: nn.Module) -> dict[str, list[str]]:
 class OneStepDenoiser(nn.Module):
     """UNet + learned embedding + the scheduler's x0 formula, evaluated at t_r."""
 
-    def __init__(self, config: DenoiserConfig):
+    def __init__(self, config: DenoiserConfig, empty_weights: bool = False):
         super().__init__()
         self.config = config
         if config.prediction_type not in {"v_prediction", "epsilon"}:
             raise ValueError(f'Invalid prediction_type "{config.prediction_type}"')
-        if config.pretrained_dir:
-            self.unet = UNet2DConditionModel.from_pretrained(
-                config.pretrained_dir, local_files_only=True
-            )
-        else:
+        # empty_weights: on the meta device, filled by load_state_dict(assign=True)
+        with torch.device("meta") if empty_weights else contextlib.nullcontext():
             self.unet = UNet2DConditionModel(**config.unet_kwargs())
         self.embedding = nn.Parameter(
             torch.randn(config.num_tokens, config.cross_attention_dim) * 0.02
@@ -68,19 +67,34 @@ class OneStepDenoiser(nn.Module):
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float(), persistent=False)
         self.lora_groups: dict[str, list[str]] = {}
         if config.lora_rank > 0:
-            self._add_lora(config.lora_rank)
+            self.add_lora(config.lora_rank)
 
-    def _add_lora(self, rank: int) -> None:
+    def add_lora(self, rank: int, groups: dict[str, list[str]] | None = None) -> None:
+        """Freeze the UNet and add the reference's three rank-``rank`` adapters on the
+        modules of ``groups`` (default: chosen like the reference); conv_in stays trainable
+        in full. Also used after copying base weights into a plain UNet (the importer)."""
         from peft import LoraConfig
 
+        self.config.lora_rank = rank
         self.unet.requires_grad_(False)
-        self.lora_groups = lora_module_groups(self.unet)
+        self.lora_groups = groups or lora_module_groups(self.unet)
         for adapter, modules in self.lora_groups.items():
             if modules:
                 cfg = LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=modules)
                 self.unet.add_adapter(cfg, adapter_name=adapter)
-        self.unet.set_adapter([a for a in ADAPTERS if self.lora_groups[a]])
+        self.unet.set_adapter([a for a in ADAPTERS if self.lora_groups.get(a)])
         self.unet.conv_in.requires_grad_(True)
+
+    def merge_lora(self) -> None:
+        """Fold every adapter into its base weight (W + B A * alpha / r) and drop the
+        adapters: a plain UNet, faster (no extra matmuls), same function up to float
+        rounding (tested). ``lora_rank`` becomes 0: the merged model is saved as such."""
+        if self.config.lora_rank == 0:
+            return
+        self.unet.fuse_lora(adapter_names=[a for a in ADAPTERS if self.lora_groups.get(a)])
+        self.unet.unload_lora()
+        self.lora_groups = {}
+        self.config.lora_rank = 0
 
     def sqrt_alpha_bar(self, t: int) -> float:
         """sqrt(abar_t): the expected cosine of x_t and z0 at timestep t."""

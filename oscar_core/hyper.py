@@ -4,10 +4,12 @@
     indices (B,h/d,w/d) --codebook + project_out--> y_hat (B,M,h/d,w/d) --proj--> z~ (B,4,h,w)
 
 with d = 64/ss the per-side downsampling of the rate. The module layout (``backbone``,
-``proj``, ``quantizer`` and the slot indices inside them) is the reference's (a PerCo-style
-hyper-encoder), so its checkpoints map key for key; compressai layers (``conv``, ``deconv``,
-``conv3x3``) build it, and vector-quantize-pytorch's ``VectorQuantize`` is the quantiser
-(EMA codebook, k-means init and dead-code restarts while training).
+``proj``, ``quantizer`` and the slot indices inside them) is the reference's at its HEAD
+(cb23f4e, "update hyper-encoder"), so its checkpoints map key for key; compressai layers
+(``conv``, ``deconv``, ``conv3x3``, ``AttentionBlock``) build it, and
+vector-quantize-pytorch's ``VectorQuantize`` is the quantiser (EMA codebook, k-means init and
+dead-code restarts while training). ``hyper_layout`` tells the reference's older layout
+(5bb805c) from this one by its keys, so that loaders can name what they were given.
 
 Inference does not call ``VectorQuantize.forward`` (it can update buffers, e.g. k-means init
 even in eval mode): ``encode_indices`` is a pure argmax of cosine similarity and
@@ -17,10 +19,12 @@ even in eval mode): ``encode_indices`` is a pure argmax of cosine similarity and
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from compressai.layers import conv3x3
+from compressai.layers import AttentionBlock, conv3x3
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
@@ -50,65 +54,62 @@ class ResidualBottleneckBlock(nn.Module):
         return x + self.layers(x)
 
 
-class AttentionLayer(nn.Module):
-    """Pre-norm multi-head self-attention over all positions of (B,C,H,W)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        seq = x.reshape(b, c, h * w).permute(0, 2, 1)  # (B, HW, C)
-        q = self.norm(seq)
-        seq = seq + self.attn(q, q, q, need_weights=False)[0]
-        return seq.permute(0, 2, 1).reshape(b, c, h, w)
+def _stage(in_ch: int, out_ch: int, stride2: bool, up: bool) -> nn.Module:
+    """A resolution slot: compressai's k5 s2 ``conv`` (``deconv`` when ``up``) where the rate
+    needs a stride-2 stage there, else a 1x1 conv (the reference's rule, slot for slot)."""
+    if not stride2:
+        return conv1x1(in_ch, out_ch)
+    return deconv(in_ch, out_ch) if up else conv(in_ch, out_ch)
 
 
-def _resample(ch: int, factor: int, up: bool) -> nn.Module:
-    """Slot that changes resolution by ``factor`` (1, 2, 4 or 8) with k5 s2 (de)convs.
-
-    Factors 1 and 2 are the reference's exact layers; 4 and 8 stack s2 stages (the reference
-    has a single s2 layer, so its two lowest rates do not reach their nominal grid).
-    """
-    if factor == 1:
-        return conv1x1(ch, ch)
-    layer = deconv if up else conv
-    if factor == 2:
-        return layer(ch, ch)
-    stages: list[nn.Module] = []
-    for _ in range(factor.bit_length() - 1):
-        stages += [layer(ch, ch), nn.ReLU(inplace=True)]
-    return nn.Sequential(*stages[:-1])
+def _blocks(ch: int) -> list[nn.Module]:
+    return [ResidualBottleneckBlock(ch) for _ in range(3)]
 
 
 class HyperEncoder(nn.Module):
-    """The codec of one rate. ``forward`` is for training; ``encode/decode_indices`` for coding."""
+    """The codec of one rate, in the reference's layout (HEAD cb23f4e), slot for slot.
+
+    ``s = log2(64 / ss)`` stride-2 stages (ss = 64 / 32 / 16 / 8 -> 0 / 1 / 2 / 3), placed
+    in the three resolution slots from the last one back, so every rate reaches its grid:
+
+        backbone: 0 in(4->N, s>=3) | 1-3 RBB(N) | 4 res(s>=2) | 5-7 RBB(N) | 8 Attn(N) |
+                  9 res(s>=1) | 10-12 RBB(N) | 13 conv1x1(N->M) | 14 Attn(M)
+        proj:     0 res(M, s>=3) | 1-3 RBB(M) | 4 res(s>=2) | 5-7 RBB(M) | 8 res(s>=1) |
+                  9-11 RBB(M) | 12 conv1x1(M->4)
+
+    Attn is compressai's ``AttentionBlock``; ``attention=False`` (oscar-tiny, for CPU
+    speed) puts parameter-free ``nn.Identity`` in those slots, so the slot numbers and every
+    other key stay the reference's. ``forward`` is for training; ``encode/decode_indices``
+    for coding.
+    """
 
     def __init__(self, config: HyperConfig, rate: Rate, latent_channels: int = 4):
         super().__init__()
-        N, M, d = config.N, config.M, rate.downsample
+        N, M = config.N, config.M
+        s = rate.downsample.bit_length() - 1  # stride-2 stages: d = 2**s
         self.rate = rate
 
         def attn(ch: int) -> nn.Module:
-            return AttentionLayer(ch, config.attention_heads) if config.attention else nn.Identity()
+            return AttentionBlock(ch) if config.attention else nn.Identity()
 
         self.backbone = nn.Sequential(
-            conv1x1(latent_channels, N),
-            *(ResidualBottleneckBlock(N) for _ in range(3)),
+            _stage(latent_channels, N, s >= 3, up=False),
+            *_blocks(N),
+            _stage(N, N, s >= 2, up=False),
+            *_blocks(N),
             attn(N),
-            _resample(N, d, up=False),
-            *(ResidualBottleneckBlock(N) for _ in range(3)),
-            attn(N),
+            _stage(N, N, s >= 1, up=False),
+            *_blocks(N),
             conv1x1(N, M),
             attn(M),
         )
         self.proj = nn.Sequential(
-            *(ResidualBottleneckBlock(M) for _ in range(3)),
-            _resample(M, d, up=True),
-            *(ResidualBottleneckBlock(M) for _ in range(3)),
-            conv1x1(M, M),
+            _stage(M, M, s >= 3, up=True),
+            *_blocks(M),
+            _stage(M, M, s >= 2, up=True),
+            *_blocks(M),
+            _stage(M, M, s >= 1, up=True),
+            *_blocks(M),
             conv1x1(M, latent_channels),
         )
         self.quantizer = VectorQuantize(
@@ -172,6 +173,38 @@ class HyperEncoder(nn.Module):
         y_hat, indices, commit = self.quantizer(y.permute(0, 2, 3, 1).reshape(b, hc * wc, m))
         y_hat = y_hat.reshape(b, hc, wc, m).permute(0, 3, 1, 2)
         return self.proj(y_hat), indices.reshape(b, hc, wc), commit.sum()
+
+
+HEAD_LAYOUT = "reference HEAD cb23f4e (15 backbone / 13 proj slots, compressai AttentionBlock)"
+OLD_LAYOUT = "reference 5bb805c (nn.MultiheadAttention, one resampling slot)"
+
+
+def hyper_layout(keys: Iterable[str]) -> str | None:
+    """Which hyper-encoder layout a state dict's keys have: ``HEAD_LAYOUT``, ``OLD_LAYOUT``
+    or None (neither). Keys are relative to one ``HyperEncoder`` or prefixed by an index or
+    module path (``0.backbone.4.weight``, ``hypers.3.proj.12.bias``).
+
+    The older layout had 12 backbone slots (a MultiheadAttention layer: ``attn.in_proj_*``)
+    and 9 proj slots; HEAD has 15 and 13 (``proj.12`` is the last 1x1 conv to the latent).
+    """
+    keys = list(keys)
+    if any(".attn.in_proj_" in k for k in keys):
+        return OLD_LAYOUT
+    slots = {
+        (m.group(1), int(m.group(2)))
+        for k in keys
+        if (m := re.search(r"(?:^|\.)(backbone|proj)\.(\d+)\.", k))
+    }
+    if not slots:
+        return None
+    top = {
+        part: max((i for p, i in slots if p == part), default=-1) for part in ("backbone", "proj")
+    }
+    if top["proj"] == 12:
+        return HEAD_LAYOUT
+    if top["proj"] == 8 and top["backbone"] <= 11:
+        return OLD_LAYOUT
+    return None
 
 
 def channel_rms(z: Tensor, eps: float = 1e-12) -> Tensor:

@@ -13,9 +13,11 @@ Storage: ``config.json`` + ``model.safetensors`` in one directory. No pickle.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -23,21 +25,23 @@ from .autoencoder import LatentAutoencoder
 from .config import CONFIG_NAME, WEIGHTS_NAME, OscarConfig
 from .denoiser import OneStepDenoiser
 from .entropy import uniform_pmf
-from .hyper import HyperEncoder, channel_rms, match_norms
+from .hyper import HEAD_LAYOUT, HyperEncoder, channel_rms, hyper_layout, match_norms
 from .ladder import RateLadder
 
 
 class OscarModel(nn.Module):
-    def __init__(self, config: OscarConfig):
+    def __init__(self, config: OscarConfig, empty_weights: bool = False):
+        """``empty_weights``: the VAE and UNet are built on the meta device (no memory, no
+        init cost) for ``from_pretrained`` to fill with ``load_state_dict(assign=True)``."""
         super().__init__()
         self.config = config
         self.ladder: RateLadder = config.rate_ladder()
-        self.autoencoder = LatentAutoencoder(config.autoencoder)
+        self.autoencoder = LatentAutoencoder(config.autoencoder, empty_weights)
         latent_channels = config.autoencoder.latent_channels
         self.hypers = nn.ModuleList(
             HyperEncoder(config.hyper, rate, latent_channels) for rate in self.ladder
         )
-        self.denoiser = OneStepDenoiser(config.denoiser)
+        self.denoiser = OneStepDenoiser(config.denoiser, empty_weights)
         for rate in self.ladder:
             # uniform until training estimates the index histograms
             self.register_buffer(f"pmf_{rate.index}", torch.from_numpy(uniform_pmf(rate.K)).float())
@@ -53,10 +57,14 @@ class OscarModel(nn.Module):
             )
         self.pmf(rate_index).copy_(pmf.float())
 
+    def pmf_fitted(self, rate_index: int) -> bool:
+        """False while the rate's pmf is still the uniform one it starts with (an imported
+        reference model until ``oscar fit-entropy``): pixels never depend on it, bytes do."""
+        uniform = torch.from_numpy(uniform_pmf(self.ladder[rate_index].K)).float()
+        return not torch.equal(self.pmf(rate_index).cpu(), uniform)
+
     def pad_multiple(self, rate_index: int) -> int:
         """Image sides are padded to a multiple of this for ``rate_index`` (8 * lcm(d, unet))."""
-        import math
-
         d = self.ladder[rate_index].downsample
         return 8 * math.lcm(d, self.denoiser.downscale)
 
@@ -87,8 +95,10 @@ class OscarModel(nn.Module):
 
     # -- identity and storage ------------------------------------------------------------
     def model_id(self) -> bytes:
-        """4 bytes of SHA-256 over the config JSON and every saved tensor (name, dtype, bytes)."""
-        h = hashlib.sha256(self.config.to_json().encode())
+        """4 bytes of SHA-256 over the architecture (the config without name and notes) and
+        every saved tensor (name, dtype, shape, bytes): the same weights anywhere, under any
+        path or name, give the same id; no path is in the config to begin with."""
+        h = hashlib.sha256(self.config.architecture_json().encode())
         for name, tensor in sorted(self.state_dict().items()):
             t = tensor.detach().cpu().contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
@@ -110,6 +120,17 @@ class OscarModel(nn.Module):
         return out
 
     @staticmethod
+    def stored_dtype(directory: str | Path) -> torch.dtype:
+        """The dtype a model directory stores its (non-pmf) float weights in."""
+        with safe_open(str(Path(directory) / WEIGHTS_NAME), framework="pt") as f:
+            for name in f.keys():
+                t = f.get_slice(name)
+                dtype = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+                if not name.startswith("pmf_") and t.get_dtype() in dtype:
+                    return dtype[t.get_dtype()]
+        return torch.float32
+
+    @staticmethod
     def config_from_pretrained(directory: str | Path) -> OscarConfig:
         """Read and validate a model directory's config.json (no weights loaded)."""
         config_path = Path(directory) / CONFIG_NAME
@@ -127,10 +148,17 @@ class OscarModel(nn.Module):
         weights_path = Path(directory) / WEIGHTS_NAME
         if not weights_path.is_file():
             raise FileNotFoundError(f"model directory {directory}: missing {WEIGHTS_NAME}")
-        model = cls(config)
         state = load_file(str(weights_path))
+        layout = hyper_layout(k for k in state if k.startswith("hypers."))
+        if layout not in (HEAD_LAYOUT, None):
+            raise ValueError(
+                f"model directory {directory}: its hyper-encoders are in the {layout} layout; "
+                f"this version reads the {HEAD_LAYOUT} layout only"
+            )
+        model = cls(config, empty_weights=True)
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        missing += [n for n, t in model.named_parameters() if t.is_meta and n not in missing]
         if missing or unexpected:
             raise ValueError(
                 f"model directory {directory}: weights do not match {config.name}: "

@@ -1,62 +1,248 @@
-"""Loading the reference OSCAR checkpoint layout into an ``oscar-sd21`` model.
+"""Importing the published OSCAR: SD-2.1 + the reference checkpoint -> a model directory.
 
-The reference (github.com/jp-guo/OSCAR) saves a ``torch.save`` dict:
+Inputs (github.com/jp-guo/OSCAR; layout read from its files, see the project notes):
 
-    hyper_encoders       ModuleList state: {i}.backbone.*, {i}.proj.*, {i}.quantizer.*
+- SD-2.1 (768-v) in diffusers layout in a local directory: ``vae/`` and ``unet/`` (config +
+  weights) and ``scheduler/scheduler_config.json`` (the DDPM schedule: the x0 formula's
+  abar_t comes from it).
+- The reference's ``torch.save`` dict::
+
+    hyper_encoders       ModuleList state, 8 rates in bpp order: {i}.backbone.*, {i}.proj.*,
+                         {i}.quantizer.*
     embeddings           (77, 1024) learned prompt embedding
     rank_unet            LoRA rank (16)
     unet_lora_{encoder,decoder,others}_modules   module-name lists per adapter
     state_dict_unet      UNet keys holding "lora" or "conv_in" (peft naming, adapters
                          default_encoder / default_decoder / default_others)
 
-Base weights (VAE, UNet) come from a local SD-2.1 diffusers directory (``<dir>/vae``,
-``<dir>/unet``). Our module layout mirrors the reference, so keys map one to one with one
-exception: the reference has a single stride-2 layer in the resampling slot (backbone.5,
-proj.3) even for its two lowest rates (ss 8 and 16), where ours stacks 3 or 2 stages to
-reach the nominal grid. That layer loads into our first stage; the rest stay as initialised
-and are listed in the report (those two rates need fine-tuning after import).
+Output: a self-contained model directory (``config.json`` + ``model.safetensors``): the VAE,
+the UNet with the LoRA adapters merged into its weights (and the fully trained ``conv_in``),
+the eight hyper-encoders, the embedding and the per-rate pmfs (uniform until fitted from
+images: ``oscar fit-entropy``). ``config.json`` holds the architecture (read from the SD-2.1
+configs), the schedule and the timesteps table, never a path; the model id hashes that
+architecture and the weights, so a copy anywhere has the same id.
 
-Pickle: a ``.pkl``/``.pt`` file is only read when the caller passes ``allow_pickle=True``
-(CLI: ``--allow-pickle``), and then with ``torch.load(weights_only=True)``, which refuses
-arbitrary objects.
+The hyper-encoder layout is recognised from the keys (``oscar_core.hyper.hyper_layout``):
+the reference's HEAD layout (cb23f4e) loads key for key with its timesteps
+``[500, 400, 310, 280, 210, 190, 170, 150]``; the older 5bb805c layout is refused by name
+(its rates 0-1 never reached their nominal grid, so its weights cannot fill ours). Widths
+(N, M, codebook dim, attention) are read from the tensor shapes. Nothing is loaded half-way:
+a key with no place, a shape that differs or a weight the model needs that the checkpoint
+lacks stops the import with the key and the shapes; only the VQ's training-time EMA
+statistics (``cluster_size``, ``embed_avg``, ``initted``), which inference never reads, may
+be absent, and the report lists them.
+
+Pickle: the checkpoint is a pickle file and is only read when the caller passes
+``allow_pickle=True`` (CLI: ``--allow-pickle``), and then with
+``torch.load(weights_only=True)``, which refuses arbitrary objects.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .config import OscarConfig
+from .denoiser import ADAPTERS
+from .hyper import HEAD_LAYOUT, hyper_layout
+from .ladder import REFERENCE_LADDER
 from .model import OscarModel
 from .registry import get_config
 
 HYPER_PREFIX = "hypers."
 UNET_PREFIX = "denoiser.unet."
-RESAMPLE_SLOTS = ("backbone.5.", "proj.3.")
+EMBEDDING_KEY = "denoiser.embedding"
+# VQ buffers only training reads (EMA statistics): a checkpoint may lack them
+TRAINING_ONLY = ("_codebook.cluster_size", "_codebook.embed_avg", "_codebook.initted")
+# Timesteps per layout (the ladder's (ss, K) are the same in both)
+LAYOUT_TIMESTEPS = {HEAD_LAYOUT: [t for _, _, t in REFERENCE_LADDER]}
+# Scheduler settings that would change the one-step x0 (we implement neither)
+UNSUPPORTED_SCHEDULE = {"clip_sample": False, "thresholding": False, "trained_betas": None,
+                        "rescale_betas_zero_snr": False}  # fmt: skip
+# diffusers config keys our typed configs hold themselves (the rest goes to *_extra)
+VAE_TYPED = {"block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups",
+             "scaling_factor", "mid_block_add_attention", "down_block_types", "up_block_types",
+             "in_channels", "out_channels"}  # fmt: skip
+UNET_TYPED = {"block_out_channels", "down_block_types", "up_block_types", "layers_per_block",
+              "cross_attention_dim", "attention_head_dim", "use_linear_projection",
+              "upcast_attention", "norm_num_groups", "in_channels", "out_channels",
+              "sample_size"}  # fmt: skip
 
 
 @dataclass
-class LoadReport:
-    loaded: int = 0  # tensors copied from the checkpoint
-    remapped: list[str] = field(default_factory=list)  # reference keys renamed to fit
-    left_at_init: list[str] = field(default_factory=list)  # our keys the checkpoint lacks
+class ImportReport:
+    """What an import found and loaded (printed by ``oscar import-reference``)."""
+
+    layout: str = ""
+    tensors: dict[str, int] = field(default_factory=dict)  # group -> tensors loaded
+    widths: dict[str, Any] = field(default_factory=dict)  # N, M, codebook_dim, attention
+    timesteps: list[int] = field(default_factory=list)
+    scaling_factor: float = 0.0
+    schedule: dict[str, Any] = field(default_factory=dict)
+    kept_at_init: list[str] = field(default_factory=list)  # training-only buffers absent
+    ignored_config: list[str] = field(default_factory=list)  # SD config keys diffusers ignores
+    merged: bool = False
+
+    def lines(self) -> list[str]:
+        total = sum(self.tensors.values())
+        out = [
+            f"layout: {self.layout}",
+            f"tensors loaded: {total} ("
+            + ", ".join(f"{k} {v}" for k, v in self.tensors.items())
+            + ")",
+            "hyper-encoders: " + ", ".join(f"{k}={v}" for k, v in self.widths.items()),
+            f"timesteps: {self.timesteps}",
+            f"VAE scaling factor: {self.scaling_factor}",
+            "schedule: " + ", ".join(f"{k}={v}" for k, v in self.schedule.items()),
+            f"LoRA: {'merged into the UNet weights' if self.merged else 'kept as adapters'}",
+        ]
+        if self.kept_at_init:
+            out.append(
+                f"not in the checkpoint, kept at init (training-only VQ statistics): "
+                f"{len(self.kept_at_init)} buffers"
+            )
+        if self.ignored_config:
+            out.append(f"SD-2.1 config keys diffusers ignores: {self.ignored_config}")
+        return out
 
 
-def sd21_config(sd21_dir: str | Path | None) -> OscarConfig:
-    """The ``oscar-sd21`` config, with base weights from a local diffusers SD-2.1 dir."""
+# -- SD-2.1 directory -----------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"SD-2.1 directory: missing {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
+
+
+def _extra(cls: type, data: dict[str, Any], typed: set[str], ignored: list[str]) -> dict:
+    """Arguments of ``cls`` in a diffusers config that differ from ``cls``'s defaults and
+    that our typed config does not hold (so the model builds the same module)."""
+    params = inspect.signature(cls.__init__).parameters
+    extra = {}
+    for key, value in data.items():
+        if key.startswith("_") or key in typed:
+            continue
+        if key not in params:
+            ignored.append(key)
+            continue
+        default = params[key].default
+        value = tuple(value) if isinstance(value, list) else value
+        default = tuple(default) if isinstance(default, list) else default
+        if value != default:
+            extra[key] = list(value) if isinstance(value, tuple) else value
+    return extra
+
+
+def sd21_config(sd21_dir: str | Path, report: ImportReport | None = None) -> OscarConfig:
+    """The ``oscar-sd21`` config with the architecture, scaling factor and schedule of the
+    SD-2.1 directory (no LoRA yet, no path). Raises naming the file and field that does not
+    fit an OSCAR codec."""
+    root = Path(sd21_dir)
+    report = report if report is not None else ImportReport()
+    vae = _read_json(root / "vae" / "config.json")
+    unet = _read_json(root / "unet" / "config.json")
+    sched = _read_json(root / "scheduler" / "scheduler_config.json")
     config = get_config("oscar-sd21")
-    if sd21_dir is not None:
-        root = Path(sd21_dir)
-        for part in ("vae", "unet"):
-            if not (root / part / "config.json").is_file():
-                raise FileNotFoundError(f"SD-2.1 directory {root}: missing {part}/config.json")
-        config.autoencoder.pretrained_dir = str(root / "vae")
-        config.denoiser.pretrained_dir = str(root / "unet")
+    config.denoiser.lora_rank = 0
+
+    ae = config.autoencoder
+    n = len(vae.get("block_out_channels", ()))
+    for key, want in {"in_channels": 3, "out_channels": 3, "latent_channels": 4}.items():
+        if vae.get(key, want) != want:
+            raise ValueError(f"{root}/vae/config.json: {key} = {vae[key]}, OSCAR needs {want}")
+    for key, want in {"down_block_types": ["DownEncoderBlock2D"] * n,
+                      "up_block_types": ["UpDecoderBlock2D"] * n}.items():  # fmt: skip
+        if list(vae.get(key, want)) != want:
+            raise ValueError(f"{root}/vae/config.json: {key} = {vae[key]}, expected {want}")
+    ae.block_out_channels = tuple(vae["block_out_channels"])
+    ae.layers_per_block = int(vae.get("layers_per_block", ae.layers_per_block))
+    ae.norm_num_groups = int(vae.get("norm_num_groups", ae.norm_num_groups))
+    ae.scaling_factor = float(vae.get("scaling_factor", ae.scaling_factor))
+    ae.mid_block_attention = bool(vae.get("mid_block_add_attention", True))
+    ae.pretrained = True
+    ae.vae_extra = _extra(AutoencoderKL, vae, VAE_TYPED, report.ignored_config)
+
+    dn = config.denoiser
+    for key in ("in_channels", "out_channels"):
+        if unet.get(key, 4) != 4:
+            raise ValueError(f"{root}/unet/config.json: {key} = {unet[key]}, OSCAR needs 4")
+    for key in ("block_out_channels", "down_block_types", "up_block_types",
+                "attention_head_dim"):  # fmt: skip
+        if key in unet:
+            value = unet[key]
+            setattr(dn, key, tuple(value) if isinstance(value, list) else value)
+    for key in ("layers_per_block", "cross_attention_dim", "norm_num_groups"):
+        if key in unet:
+            setattr(dn, key, int(unet[key]))
+    for key in ("use_linear_projection", "upcast_attention"):
+        if key in unet:
+            setattr(dn, key, bool(unet[key]))
+    dn.unet_extra = _extra(UNet2DConditionModel, unet, UNET_TYPED, report.ignored_config)
+
+    for key, allowed in UNSUPPORTED_SCHEDULE.items():
+        if sched.get(key, allowed) not in (allowed, None):
+            raise ValueError(
+                f"{root}/scheduler/scheduler_config.json: {key} = {sched[key]!r} is not "
+                f"supported (the one-step x0 is the plain DDPM formula)"
+            )
+    for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                "prediction_type"):  # fmt: skip
+        if key in sched:
+            setattr(dn, key, type(getattr(dn, key))(sched[key]))
+    if dn.prediction_type not in {"v_prediction", "epsilon"}:
+        raise ValueError(f"{root}/scheduler: prediction_type {dn.prediction_type!r} unsupported")
+    report.scaling_factor = ae.scaling_factor
+    report.schedule = dn.schedule_kwargs()
     return config
 
 
+def load_sd21_weights(model: OscarModel, sd21_dir: str | Path) -> dict[str, int]:
+    """Copy SD-2.1's VAE and UNet weights into ``model`` (its UNet without adapters yet).
+    Returns the tensor counts; a key or shape that differs raises naming it."""
+    root = Path(sd21_dir)
+    counts = {}
+    for name, cls, target in (
+        ("vae", AutoencoderKL, model.autoencoder.vae),
+        ("unet", UNet2DConditionModel, model.denoiser.unet),
+    ):
+        try:
+            source = cls.from_pretrained(root / name, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{root}/{name}: cannot load the weights: {exc}") from exc
+        _copy_state(target, source.state_dict(), f"{root}/{name}")
+        counts[f"{name} (SD-2.1)"] = len(source.state_dict())
+        del source
+    return counts
+
+
+def _copy_state(target: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    ours = target.state_dict()
+    for key, value in state.items():
+        if key not in ours:
+            raise ValueError(f'{where}: key "{key}" has no place in the model')
+        if tuple(value.shape) != tuple(ours[key].shape):
+            raise ValueError(
+                f'{where}: "{key}" has shape {tuple(value.shape)}, the model {tuple(ours[key].shape)}'
+            )
+    missing = sorted(set(ours) - set(state))
+    if missing:
+        raise ValueError(f"{where}: {len(missing)} weights missing, e.g. {missing[:3]}")
+    target.load_state_dict(state)
+
+
+# -- the checkpoint --------------------------------------------------------------------------
 def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict:
     """Read a reference checkpoint; pickle files need ``allow_pickle=True``."""
     path = Path(path)
@@ -65,72 +251,148 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict:
             f"{path}: reference checkpoints are pickle files; pass allow_pickle=True "
             "(CLI: --allow-pickle) to read it with torch.load(weights_only=True)"
         )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise ValueError(f"{path}: not a loadable reference checkpoint: {exc}") from exc
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: not a reference OSCAR checkpoint (not a dict)")
     missing = {"hyper_encoders", "embeddings", "state_dict_unet"} - set(checkpoint)
     if missing:
         raise ValueError(f"{path}: not a reference OSCAR checkpoint, missing {sorted(missing)}")
     return checkpoint
 
 
-def load_reference(
-    checkpoint: dict, config: OscarConfig | None = None, sd21_dir: str | Path | None = None
-) -> tuple[OscarModel, LoadReport]:
-    """Build a model (``config`` or ``oscar-sd21`` from ``sd21_dir``) and copy the weights in."""
-    config = config or sd21_config(sd21_dir)
-    rank = int(checkpoint.get("rank_unet", config.denoiser.lora_rank))
-    if rank != config.denoiser.lora_rank:
-        raise ValueError(f"checkpoint LoRA rank {rank} != config rank {config.denoiser.lora_rank}")
-    model = OscarModel(config)
-    ours = model.state_dict()
-    report = LoadReport()
-    incoming: dict[str, torch.Tensor] = {}
+def hyper_widths(hypers: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """N, M, codebook dim and attention of the reference's hyper-encoders, from shapes."""
 
-    for key, value in checkpoint["hyper_encoders"].items():
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in hypers:
+            raise ValueError(f'hyper-encoder key "{key}" missing from the checkpoint')
+        return tuple(hypers[key].shape)
+
+    N = shape("0.backbone.0.weight")[0]
+    M = shape("0.backbone.13.weight")[0]
+    project_in = "0.quantizer.project_in.weight"
+    dim = shape(project_in)[0] if project_in in hypers else M
+    attention = any(k.startswith("0.backbone.8.") for k in hypers)
+    return {"N": N, "M": M, "codebook_dim": dim, "attention": attention}
+
+
+def load_reference(
+    checkpoint: dict, sd21_dir: str | Path | None = None, config: OscarConfig | None = None
+) -> tuple[OscarModel, ImportReport]:
+    """A model with SD-2.1's weights (from ``sd21_dir``; or ``config``'s random base, for
+    tests) and the checkpoint's hyper-encoders, embedding, conv_in and LoRA adapters (not
+    merged). Raises on anything that does not fit (see the module docstring)."""
+    report = ImportReport()
+    hypers = checkpoint["hyper_encoders"]
+    layout = hyper_layout(hypers)
+    if layout is None:
+        raise ValueError("hyper_encoders: keys of no known hyper-encoder layout")
+    if layout not in LAYOUT_TIMESTEPS:
+        raise ValueError(
+            f"hyper_encoders are in the {layout} layout, which this version does not load: "
+            f"its two lowest rates stop at a 1/2 grid (one resampling slot), so their weights "
+            f"have no place in the {HEAD_LAYOUT} layout; use a checkpoint of the reference's "
+            f"HEAD (the published models, per the author's answer to its issue #3)"
+        )
+    report.layout = layout
+    if config is None:
+        if sd21_dir is None:
+            raise ValueError("load_reference needs sd21_dir (or a config, for tests)")
+        config = sd21_config(sd21_dir, report)
+    else:
+        config = OscarConfig.from_dict(config.to_dict())  # a copy: widths are set below
+        config.denoiser.lora_rank = 0
+        report.scaling_factor = config.autoencoder.scaling_factor
+        report.schedule = config.denoiser.schedule_kwargs()
+    widths = hyper_widths(hypers)
+    for key, value in widths.items():
+        setattr(config.hyper, key, value)
+    report.widths = widths
+    config.ladder = [[ss, K, t] for (ss, K, _), t in zip(REFERENCE_LADDER, LAYOUT_TIMESTEPS[layout], strict=True)]  # fmt: skip
+    report.timesteps = LAYOUT_TIMESTEPS[layout]
+    embedding = checkpoint["embeddings"]
+    embedding = embedding.detach() if hasattr(embedding, "detach") else torch.as_tensor(embedding)
+    if embedding.ndim != 2:
+        raise ValueError(f"embeddings: shape {tuple(embedding.shape)}, expected (tokens, width)")
+    config.denoiser.num_tokens = embedding.shape[0]
+    if embedding.shape[1] != config.denoiser.cross_attention_dim:
+        raise ValueError(
+            f"embeddings: shape {tuple(embedding.shape)}, the UNet's cross-attention width is "
+            f"{config.denoiser.cross_attention_dim}"
+        )
+
+    model = OscarModel(config)
+    if sd21_dir is not None:
+        report.tensors.update(load_sd21_weights(model, sd21_dir))
+    rank = int(checkpoint.get("rank_unet", 16))
+    groups = {a: list(checkpoint.get(f"unet_lora_{a.split('_')[1]}_modules", [])) for a in ADAPTERS}
+    model.denoiser.add_lora(rank, groups if any(groups.values()) else None)
+
+    ours = model.state_dict()
+    incoming: dict[str, torch.Tensor] = {}
+    for key, value in hypers.items():
         name = HYPER_PREFIX + key
         if name not in ours:
-            name = _remap_resample(key, ours)
-            if name is None:
-                raise ValueError(f'hyper-encoder key "{key}" has no place in {config.name}')
-            report.remapped.append(key)
+            raise ValueError(f'hyper-encoder key "{key}" has no place in the {layout} layout')
         incoming[name] = value
-    embedding = checkpoint["embeddings"]
-    incoming["denoiser.embedding"] = (
-        embedding.detach() if hasattr(embedding, "detach") else embedding
-    )
-    for key, value in checkpoint["state_dict_unet"].items():
+    incoming[EMBEDDING_KEY] = embedding
+    unet_keys = checkpoint["state_dict_unet"]
+    for key, value in unet_keys.items():
         if UNET_PREFIX + key not in ours:
             raise ValueError(f'UNet key "{key}" not found (LoRA targets or adapters differ)')
         incoming[UNET_PREFIX + key] = value
-
     for name, value in incoming.items():
         if tuple(value.shape) != tuple(ours[name].shape):
             raise ValueError(
                 f'"{name}": checkpoint shape {tuple(value.shape)} != model {tuple(ours[name].shape)}'
             )
         ours[name] = value.to(ours[name].dtype)
+    needed = [
+        k
+        for k in ours
+        if k not in incoming
+        and (k.startswith(HYPER_PREFIX) or (k.startswith(UNET_PREFIX) and "lora_" in k))
+    ]
+    absent = [k for k in needed if not k.endswith(TRAINING_ONLY)]
+    if absent:
+        raise ValueError(
+            f"checkpoint lacks {len(absent)} weights the model needs, e.g. {absent[:3]}"
+        )
+    report.kept_at_init = needed
     model.load_state_dict(ours)
-    report.loaded = len(incoming)
-    report.left_at_init = sorted(
-        k for k in ours if k.startswith(HYPER_PREFIX) and k not in incoming
-    )
+    report.tensors["hyper-encoders"] = len(hypers)
+    report.tensors["UNet LoRA + conv_in"] = len(unet_keys)
+    report.tensors["embedding"] = 1
     return model.eval(), report
 
 
-def _remap_resample(key: str, ours: dict) -> str | None:
-    """Reference ``{i}.backbone.5.weight`` -> our first stage ``hypers.{i}.backbone.5.0.weight``."""
-    index, _, rest = key.partition(".")
-    for slot in RESAMPLE_SLOTS:
-        if rest.startswith(slot):
-            name = f"{HYPER_PREFIX}{index}.{slot}0.{rest[len(slot) :]}"
-            return name if name in ours else None
-    return None
+def import_reference(
+    sd21_dir: str | Path,
+    checkpoint_path: str | Path,
+    out: str | Path,
+    *,
+    allow_pickle: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[OscarModel, ImportReport]:
+    """Read, load, merge the LoRA adapters into the UNet and write the model directory
+    (weights cast to ``dtype``; the pmfs stay float32 and uniform until fitted)."""
+    checkpoint = read_checkpoint(checkpoint_path, allow_pickle=allow_pickle)
+    model, report = load_reference(checkpoint, sd21_dir)
+    model.denoiser.merge_lora()
+    report.merged = True
+    digest = hashlib.sha256(Path(checkpoint_path).read_bytes()).hexdigest()
+    model.config.notes = {"imported": {"checkpoint_sha256": digest, "layout": report.layout}}
+    model.save_pretrained(out, dtype=dtype)
+    return model, report
 
 
 def export_reference(model: OscarModel) -> dict:
-    """The reference checkpoint dict of a model (for tests and for round trips)."""
+    """The reference checkpoint dict of a model with LoRA adapters (tests, round trips)."""
     state = model.state_dict()
     hypers = {
         k[len(HYPER_PREFIX) :]: v.clone() for k, v in state.items() if k.startswith(HYPER_PREFIX)
@@ -143,10 +405,8 @@ def export_reference(model: OscarModel) -> dict:
     groups = model.denoiser.lora_groups
     return {
         "hyper_encoders": hypers,
-        "embeddings": state["denoiser.embedding"].clone(),
+        "embeddings": state[EMBEDDING_KEY].clone(),
         "rank_unet": model.config.denoiser.lora_rank,
-        "unet_lora_encoder_modules": groups.get("default_encoder", []),
-        "unet_lora_decoder_modules": groups.get("default_decoder", []),
-        "unet_lora_others_modules": groups.get("default_others", []),
+        **{f"unet_lora_{a.split('_')[1]}_modules": groups.get(a, []) for a in ADAPTERS},
         "state_dict_unet": unet,
     }

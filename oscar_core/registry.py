@@ -62,7 +62,7 @@ def _oscar_sd21() -> OscarConfig:
             mid_block_attention=True,
             scaling_factor=0.18215,
         ),
-        hyper=HyperConfig(N=192, M=320, codebook_dim=32, attention=True, attention_heads=4),
+        hyper=HyperConfig(N=192, M=320, codebook_dim=32, attention=True),
         denoiser=DenoiserConfig(
             block_out_channels=(320, 640, 1280, 1280),
             down_block_types=(

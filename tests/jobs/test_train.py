@@ -205,3 +205,32 @@ def test_negative_diversity_weight_is_an_entropy_penalty(tmp_path):
     )  # minimising it lowers H
     assert float(trainer.diversity_loss(4, z0).detach()) >= 0  # weight 1.0: maximises H
     assert trainer.diversity_loss(2, z0) == 0.0  # not listed
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`:UserWarning")
+def test_training_from_sd21_writes_a_self_contained_model(tmp_path):
+    from tests.reference_fixtures import make_sd21_dir
+
+    sd21 = make_sd21_dir(tmp_path / "sd21")
+    cfg = tiny_run(tmp_path, base="oscar-sd21", sd21_dir=str(sd21), lora_rank=4,
+                   hyper={"N": 16, "M": 24, "attention": False}, fit_timesteps=False)  # fmt: skip
+    cfg.stage1 = StageConfig(2, 2, 64, 5e-5)
+    trainer = Trainer(cfg)
+    unet = trainer.model.denoiser.unet
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("autoencoder.") for n in trainable)  # frozen SD VAE
+    assert any("lora_B" in n for n in trainable) and "denoiser.embedding" in trainable
+    assert any(n.startswith("denoiser.unet.conv_in") and "lora" not in n for n in trainable)
+    assert not unet.down_blocks[0].resnets[0].conv1.base_layer.weight.requires_grad
+    vae_before = {k: v.clone() for k, v in trainer.model.autoencoder.state_dict().items()}
+    assert trainer.run()
+    assert not (tmp_path / "run" / "ckpt" / "stage0.done").exists()  # no stage 0
+    model_dir = tmp_path / "run" / "model"
+    text = (model_dir / "config.json").read_text()
+    assert str(sd21) not in text and json.loads(text)["denoiser"]["lora_rank"] == 0  # merged
+    assert json.loads(text)["ladder"][0][2] == 500  # the reference's timesteps kept
+    codec = Codec.from_pretrained(model_dir)
+    for k, v in codec.model.autoencoder.state_dict().items():
+        torch.testing.assert_close(v, vae_before[k])
+    image = smooth_image(64, 64)
+    assert codec.decompress(codec.compress([image], 7))[0].shape == (64, 64, 3)
