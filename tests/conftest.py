@@ -61,6 +61,18 @@ def smooth_image(height: int, width: int, seed: int = 0, channels: int = 3) -> n
     return img[:, :, 0] if channels == 1 else img
 
 
+def kodak_crop() -> np.ndarray:
+    """A (128,192,3) crop of a Kodak image shipped in jobs/samples (a real photo)."""
+    from PIL import Image
+
+    from oscar_core import DEFAULT_MODEL_DIR
+    from oscar_core.images import to_rgb_array
+
+    sample = sorted((DEFAULT_MODEL_DIR.parents[2] / "jobs" / "samples").glob("*.png"))[1]
+    with Image.open(sample) as img:
+        return to_rgb_array(img)[100:228, 200:392]
+
+
 def _fp32_precision_backends() -> list:
     import torch
 

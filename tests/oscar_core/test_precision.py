@@ -19,7 +19,7 @@ from oscar_core.precision import (
     cpu_supports_bf16,
     resolve_precision,
 )
-from tests.conftest import cuda_backend_flags, smooth_image
+from tests.conftest import cuda_backend_flags, kodak_crop, smooth_image
 
 needs_bf16 = pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU has no native bf16")
 H, W = 61, 90  # odd on purpose: padding and cropping as in the fp32 tests
@@ -68,14 +68,7 @@ def test_bf16_round_trip_close_to_fp32(codecs, rate_index):
 @needs_bf16
 def test_shipped_model_bf16_within_a_fraction_of_a_level():
     """The trained model, a 192x128 Kodak crop: bf16 decode vs fp32 decode of one stream."""
-    from PIL import Image
-
-    from oscar_core import DEFAULT_MODEL_DIR
-    from oscar_core.images import to_rgb_array
-
-    sample = sorted((DEFAULT_MODEL_DIR.parents[2] / "jobs" / "samples").glob("*.png"))[1]
-    with Image.open(sample) as img:
-        image = to_rgb_array(img)[100:228, 200:392]  # (128,192,3)
+    image = kodak_crop()  # (128,192,3)
     fp32 = Codec.from_pretrained(batch_size=1)
     bf16 = Codec(fp32.model, batch_size=1, precision="bf16")
     (stream,) = fp32.compress([image], 7)

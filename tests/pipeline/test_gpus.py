@@ -1,7 +1,8 @@
 """GPU rules of the shard jobs, checked without a GPU or Ray: at most one GPU per worker
 (refused before any work), and a worker given a GPU without CUDA fails to start with a
 clear error instead of quietly running on the CPU. The end-to-end start failure on Ray's
-fake GPUs is in test_jobs.py (``test_worker_given_a_gpu_without_cuda_stops_the_job``)."""
+fake GPUs is in test_jobs.py (``test_worker_given_a_gpu_without_cuda_stops_the_job``).
+On a GPU (marker ``cuda``): a worker given one codes a shard on it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 from jobs.cli import main as cli_main
 from pipeline import dispatch, worker
 from pipeline.dispatch import Resources, WorkersFailedToStart, check_resources
-from pipeline.worker import ShardWorker, WorkerConfig, pick_device
+from pipeline.worker import EncodeTask, ShardWorker, WorkerConfig, pick_device
+from tests.pipeline.shards import image_bytes, tar_bytes
 
 
 @pytest.mark.parametrize("gpus", [None, 0, 0.25, 0.5, 1])
@@ -112,3 +114,16 @@ def test_actor_error_names_the_init_exception():
     )
     died = Exception("The actor died unexpectedly before finishing this task.\n\tpid: 7")
     assert dispatch._actor_error(died) == "The actor died unexpectedly before finishing this task."
+
+
+@pytest.mark.cuda
+def test_worker_given_a_gpu_codes_on_it(monkeypatch, tmp_path, tiny_model_dir):
+    monkeypatch.setattr(worker, "_ray_gpu_ids", lambda: [0])  # what Ray would hand over
+    shard_worker = ShardWorker(WorkerConfig(tiny_model_dir, batch_size=2))
+    assert shard_worker.describe()["device"] == "cuda:0"
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(tar_bytes([(f"k{i}.png", image_bytes(64, 96, seed=i)) for i in range(3)]))
+    out = tmp_path / "out"
+    task = EncodeTask(str(shard), "s", str(out / "s.parquet"), str(out / "s.stats.json"), 2)
+    result = shard_worker.encode_shard(task)
+    assert (result.samples, result.ok, result.errors) == (3, 3, 0)
