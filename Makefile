@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow lint format demo bench fuzz soak clean
+.PHONY: setup test test-slow gpu-check lint format demo bench fuzz soak clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,12 @@ test: setup
 
 test-slow: setup
 	OSCAR_SLOW=1 $(PY) -m pytest -q -m slow -p no:cacheprovider
+
+# On a CUDA machine: every test marked cuda, then a timed full-size oscar-sd21 round trip;
+# summary in $OUT/gpu_check.json (default out/gpu-check/). Without CUDA: says so, exit 0.
+# What is bit-exact across GPUs and what is not: docs/gpu.md.
+gpu-check: setup
+	$(PY) -m tests.gpu_check
 
 lint: setup
 	$(VENV)/bin/ruff check .

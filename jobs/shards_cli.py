@@ -6,8 +6,9 @@
 
 This module only parses and prints; the work is ``pipeline.runner``, imported when a
 command runs (so ``oscar --help`` never imports Ray or pyarrow). Exit status: 0 when every
-shard finished (sample errors are data, not failures), 1 when a shard failed every retry,
-2 for bad arguments or an unusable input/output (one line ``oscar: error: ...``).
+shard finished (sample errors are data, not failures), 1 when a shard failed every retry or
+no worker could start (one line naming the worker's exception), 2 for bad arguments or an
+unusable input/output (one line ``oscar: error: ...``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def _guarded(command: str, run: Callable[[], int]) -> int:
         return run()
     except (ValueError, OSError) as exc:  # OSError: StorageError, missing model files
         return _fail(command, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except RuntimeError as exc:
+        from pipeline.dispatch import WorkersFailedToStart  # imported by run() already
+
+        if not isinstance(exc, WorkersFailedToStart):
+            raise
+        print(f"oscar: error: {command}: {exc}", file=sys.stderr)  # no shard ran
+        return EXIT_FAILED_SHARDS
     except KeyboardInterrupt:
         print("oscar: interrupted; a re-run resumes from the shards already done", file=sys.stderr)
         return 130

@@ -38,7 +38,7 @@ from .hyper import channel_rms, match_norms
 from .images import crop, pad_reflect, padded_size, to_rgb_array, to_tensor, to_uint8
 from .ladder import Rate, RateLadder
 from .model import OscarModel
-from .precision import compute_precision, resolve_precision
+from .precision import compute_precision, configure_cuda_determinism, resolve_precision
 from .registry import get_config
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "oscar-tiny"
@@ -75,6 +75,8 @@ class Codec:
         self.device = torch.device(device)
         # "fp32" or "bf16" (ValueError where the device has no native bf16)
         self.precision = resolve_precision(precision, self.device)
+        if self.device.type == "cuda" and self.precision == "fp32":
+            configure_cuda_determinism(self.device)  # TF32 off, deterministic kernels
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
         self.model_id: bytes = model.model_id()

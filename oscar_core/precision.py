@@ -26,11 +26,21 @@ autocast would emulate bf16 and run *slower* than fp32, so ``resolve_precision``
 channels_last memory format is not applied: on the AMD EPYC (AVX512-BF16) this was
 measured on, it changed the latent encode/denoiser/latent decode times by < 3% in fp32 and
 bf16 alike (min of 5 interleaved runs, 1 thread, 768x512), i.e. within noise.
+
+fp32 on CUDA means fp32 (``configure_cuda_determinism``, called by ``Codec`` on a CUDA
+device at fp32, and by training on CUDA): TF32 off for matmuls and cuDNN convolutions
+(TF32 rounds their inputs to 10 mantissa bits, a relative error up to ~5e-4 against ~6e-8
+in fp32: enough to flip the VQ argmax at a near-tie), cuDNN deterministic and not benchmarking (the benchmark may
+pick another algorithm, hence another summation order, per process), and torch's
+deterministic algorithms where it has them (``warn_only``: an op without one warns, never
+fails). The settings are process-wide, like every torch backend flag. What this makes
+bit-exact, and what no setting can: docs/gpu.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from collections.abc import Iterator
 
@@ -38,6 +48,10 @@ import torch
 
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRECISION = "fp32"
+# cuBLAS is deterministic only with a fixed workspace per stream (":4096:8" or ":16:8");
+# it reads the variable when it creates its first handle, i.e. at the first CUDA matmul.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+_DETERMINISTIC_CUBLAS_WORKSPACES = (":4096:8", ":16:8")
 
 
 def cpu_supports_bf16() -> bool:
@@ -89,3 +103,44 @@ def compute_precision(precision: str, device: torch.device) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
         yield
+
+
+def configure_cuda_determinism(device: str | torch.device) -> bool:
+    """Make fp32 on CUDA exact fp32 and as deterministic as torch allows; no-op off CUDA.
+
+    Sets, process-wide: TF32 off (``torch.backends.cuda.matmul.allow_tf32``,
+    ``torch.backends.cudnn.allow_tf32``, float32 matmul precision "highest"), cuDNN
+    deterministic without benchmarking, ``torch.use_deterministic_algorithms(True,
+    warn_only=True)`` (a stricter setting already made is kept), and
+    ``CUBLAS_WORKSPACE_CONFIG`` unless it already names a deterministic workspace (it acts
+    only if set before the process's first cuBLAS call). Idempotent; does not initialise
+    CUDA. Returns True when it configured (``device`` is a CUDA device), False otherwise
+    (a CPU ``device`` changes nothing: the CPU paths keep their own, faster, defaults).
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in _DETERMINISTIC_CUBLAS_WORKSPACES:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    # torch >= 2.9 also has per-backend settings; a "tf32" left there by other code would
+    # win over the flags above (and torch refuses to read a legacy flag that disagrees with
+    # them), so name "ieee" explicitly: both APIs then read "no TF32".
+    for backend in (
+        torch.backends.cuda.matmul,
+        torch.backends.cudnn,
+        getattr(torch.backends.cudnn, "conv", None),
+        getattr(torch.backends.cudnn, "rnn", None),
+    ):
+        if backend is not None and hasattr(backend, "fp32_precision"):
+            backend.fp32_precision = "ieee"
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    strict = (
+        torch.are_deterministic_algorithms_enabled()
+        and not torch.is_deterministic_algorithms_warn_only_enabled()
+    )
+    if not strict:  # keep a caller's use_deterministic_algorithms(True) (errors, not warnings)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return True

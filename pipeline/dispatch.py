@@ -42,6 +42,31 @@ class Resources:
     address: str | None = None  # Ray cluster; default RAY_ADDRESS, else a local instance
 
 
+# A ShardWorker holds one Codec on one device, cuda:0 of the GPUs Ray gives it: a second GPU
+# would sit idle while Ray counts it as taken. A fraction packs several actors on one GPU.
+MAX_GPUS_PER_WORKER = 1
+
+
+class WorkersFailedToStart(RuntimeError):
+    """No shard ran: an actor's ``__init__`` raised (the model does not load, a GPU slot
+    without CUDA, ...). The message is one line ending with the actor's exception."""
+
+
+def check_resources(res: Resources) -> None:
+    """ValueError, before any work, for resources no job can use."""
+    if res.workers is not None and res.workers < 1:
+        raise ValueError(f'Invalid workers "{res.workers}"')
+    gpw = res.gpus_per_worker
+    if gpw is not None and not 0 <= gpw <= MAX_GPUS_PER_WORKER:  # NaN fails too
+        if gpw > MAX_GPUS_PER_WORKER:
+            raise ValueError(
+                f"--gpus-per-worker {gpw:g}: a worker runs one codec on one GPU, so it cannot "
+                f"use more than {MAX_GPUS_PER_WORKER}; use 1 (one worker per GPU, the default) "
+                "or a fraction such as 0.5 (two workers share a GPU)"
+            )
+        raise ValueError(f'Invalid gpus_per_worker "{gpw}", should be between 0 and 1')
+
+
 def connect_ray(address: str | None) -> bool:
     """Connect to ``address`` / RAY_ADDRESS, else start a local instance on 127.0.0.1.
 
@@ -66,6 +91,8 @@ def plan_actors(res: Resources, n_tasks: int) -> tuple[int, dict[str, float], in
     """(number of actors, Ray options per actor, torch threads) for the cluster we are on."""
     import ray
 
+    check_resources(res)
+
     cluster = ray.cluster_resources()
     cpus, gpus = int(cluster.get("CPU", 1)), cluster.get("GPU", 0)
     gpw = res.gpus_per_worker if res.gpus_per_worker is not None else (1 if gpus else 0)
@@ -85,6 +112,15 @@ def plan_actors(res: Resources, n_tasks: int) -> tuple[int, dict[str, float], in
             f"{gpus:g} GPUs: lower --workers or --gpus-per-worker"
         )
     return n, {"num_cpus": cpw, "num_gpus": gpw}, cpw
+
+
+def _actor_error(exc: Exception) -> str:
+    """One line for a dead actor: when its ``__init__`` raised, that exception (the last
+    line of Ray's message, after the traceback), else the first line of Ray's message."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if getattr(exc, "_actor_init_failed", False) else lines[0]
 
 
 def _task_error(exc: Exception) -> str:
@@ -121,10 +157,11 @@ def run_tasks(
     results, failures, seq = [], [], itertools.count()
     replacements: list[tuple[Any, str]] = []  # (describe() ref of a new actor, why)
     try:
-        try:  # fail fast, with the reason, when no worker can load the model
+        try:  # fail fast, with the reason, when no worker can start (Ray does not retry)
             workers = ray.get([a.describe.remote() for a in actors])
         except RayActorError as exc:
-            raise RuntimeError(f"workers failed to start: {_task_error(exc)}") from None
+            log.info("a worker failed to start: %s", exc)  # with the actor's traceback (-v)
+            raise WorkersFailedToStart(f"workers failed to start: {_actor_error(exc)}") from None
         while pending or delayed or inflight:
             while delayed and delayed[0][0] <= time.monotonic():
                 pending.append(heapq.heappop(delayed)[2])
@@ -142,7 +179,7 @@ def run_tasks(
                 try:
                     result = ray.get(ref)
                 except RayActorError as exc:  # the process died: OOM kill, segfault, node lost
-                    error = f"worker died: {exc}".splitlines()[0]
+                    error = f"worker died: {_actor_error(exc)}"
                     ray.kill(actors[slot], no_restart=True)
                     actors[slot] = make_actor()
                     replacements.append((actors[slot].describe.remote(), error))

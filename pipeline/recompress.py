@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
-from .dispatch import Resources, connect_ray, plan_actors, run_tasks
+from .dispatch import Resources, check_resources, connect_ray, plan_actors, run_tasks
 from .parquet import read_table
 from .recompress_report import (  # noqa: F401 - re-exported: the printing moved there
     TABLE_HEADERS,
@@ -228,6 +228,7 @@ def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE)
         raise ValueError(f'Invalid quality_sample "{quality_sample}"')
     t0 = time.perf_counter()
     res = job.resources or Resources()
+    check_resources(res)  # before Ray starts (run_encode checks the rest)
     started = connect_ray(res.address)  # one Ray for both passes
     try:
         encode = run_encode(job)

@@ -33,7 +33,7 @@ from typing import Any
 from oscar_core import CODEC_VERSION, OscarConfig, OscarModel
 
 from . import storage
-from .dispatch import Resources, execute
+from .dispatch import Resources, check_resources, execute
 from .rates import RatePlan, shard_name
 from .report import (
     FAILED_SUFFIX,
@@ -114,7 +114,7 @@ def unique_names(urls: list[str]) -> dict[str, str]:
 
 def _check_positive(**values: float | None) -> None:
     for name, value in values.items():
-        if value is not None and value < (0 if name in ("max_retries", "gpus_per_worker") else 1):
+        if value is not None and value < (0 if name == "max_retries" else 1):
             raise ValueError(f'Invalid {name} "{value}"')
 
 
@@ -168,7 +168,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
     res = job.resources or Resources()
     # 1. Validate everything before any work
     _check_positive(batch_size=job.batch_size, max_retries=job.max_retries, limit=job.limit)
-    _check_positive(workers=res.workers, gpus_per_worker=res.gpus_per_worker)
+    check_resources(res)  # workers >= 1, 0 <= gpus_per_worker <= 1
     _check_positive(max_pixels=job.max_pixels)
     model_config = _check_model(job.model_dir)
     plan = RatePlan.build(model_config.rate_ladder(), job.rate, job.rates_file)
@@ -281,7 +281,7 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
     if job.format not in FORMATS:
         raise ValueError(f'Invalid format "{job.format}", should be one of {sorted(FORMATS)}')
     _check_positive(batch_size=job.batch_size, max_retries=job.max_retries)
-    _check_positive(workers=res.workers, gpus_per_worker=res.gpus_per_worker)
+    check_resources(res)  # workers >= 1, 0 <= gpus_per_worker <= 1
     _check_positive(max_pixels=job.max_pixels)
     _check_model(job.model_dir)
     urls = sorted({u for spec in job.parquets for u in storage.expand_shards(spec)})

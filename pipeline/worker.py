@@ -14,7 +14,8 @@ read-ahead is ``_Prefetch`` in ``prefetch.py``).
 
 Failure rules: a bad sample is an error row; an image the codec rejects (ValueError) or
 cannot fit in memory is an error row; anything else (storage, a broken device) fails the
-shard, and the runner retries it.
+shard, and the runner retries it. A worker that cannot start (the model does not load, a
+GPU slot without CUDA: ``pick_device``) stops the job before any shard runs.
 """
 
 from __future__ import annotations
@@ -83,16 +84,33 @@ class DecodeTask:
     attempt: int = 1
 
 
-def pick_device(gpu_ids: list[Any]) -> str:
-    """cuda when Ray gave this actor a GPU and CUDA works, else cpu.
+# Tests only: Ray's GPUs are pretend ones (``ray.init(num_gpus=N)`` on a machine without
+# CUDA), so an actor given one runs on the CPU instead of failing to start.
+FAKE_GPUS_ENV = "OSCAR_FAKE_GPUS"
 
-    Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s), so inside the actor it is cuda:0.
+
+def pick_device(gpu_ids: list[Any]) -> str:
+    """cuda:0 when Ray gave this actor a GPU, else cpu; a GPU without CUDA is an error.
+
+    Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s), so inside the actor it is cuda:0
+    (one: ``check_resources`` refuses more than one GPU per worker). A GPU slot without
+    CUDA is a broken node (a CPU-only torch, a driver that does not load): falling back to
+    the CPU would hold the GPU while coding at CPU speed, so the actor fails to start and
+    the job stops with this message (``dispatch.WorkersFailedToStart``).
     """
-    if gpu_ids and torch.cuda.is_available():
+    if not gpu_ids:
+        return "cpu"
+    if torch.cuda.is_available():
         return "cuda:0"
-    if gpu_ids:
-        log.warning("Ray assigned GPU %s but CUDA is not available here: using the CPU", gpu_ids)
-    return "cpu"
+    if os.environ.get(FAKE_GPUS_ENV) == "1":
+        return "cpu"
+    raise RuntimeError(
+        f"Ray assigned GPU {', '.join(map(str, gpu_ids))} to this worker "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}) but "
+        f"torch.cuda.is_available() is False (torch {torch.__version__}, CUDA build "
+        f"{torch.version.cuda}): no usable CUDA device on node {socket.gethostname()}; "
+        "for CPU workers pass --gpus-per-worker 0"
+    )
 
 
 def _ray_gpu_ids() -> list[Any]:

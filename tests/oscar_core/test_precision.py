@@ -1,8 +1,12 @@
 """``Codec(precision="bf16")``: same contract as fp32 (types, shapes, valid streams), pixels
 within a small tolerance of the fp32 decode, the VQ argmax kept in fp32, clear errors where
-bf16 is not native. A tiny seeded model on the CPU, one torch thread."""
+bf16 is not native. A tiny seeded model on the CPU, one torch thread. And the CUDA fp32
+settings (``configure_cuda_determinism``), as far as a machine without CUDA can check them:
+the flags it writes, idempotence, a no-op for the CPU (on a GPU: tests/oscar_core/test_cuda.py)."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -10,8 +14,12 @@ import torch
 
 from oscar_core import Codec, precision
 from oscar_core.images import pad_reflect, to_tensor
-from oscar_core.precision import cpu_supports_bf16, resolve_precision
-from tests.conftest import smooth_image
+from oscar_core.precision import (
+    configure_cuda_determinism,
+    cpu_supports_bf16,
+    resolve_precision,
+)
+from tests.conftest import cuda_backend_flags, kodak_crop, smooth_image
 
 needs_bf16 = pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU has no native bf16")
 H, W = 61, 90  # odd on purpose: padding and cropping as in the fp32 tests
@@ -60,14 +68,7 @@ def test_bf16_round_trip_close_to_fp32(codecs, rate_index):
 @needs_bf16
 def test_shipped_model_bf16_within_a_fraction_of_a_level():
     """The trained model, a 192x128 Kodak crop: bf16 decode vs fp32 decode of one stream."""
-    from PIL import Image
-
-    from oscar_core import DEFAULT_MODEL_DIR
-    from oscar_core.images import to_rgb_array
-
-    sample = sorted((DEFAULT_MODEL_DIR.parents[2] / "jobs" / "samples").glob("*.png"))[1]
-    with Image.open(sample) as img:
-        image = to_rgb_array(img)[100:228, 200:392]  # (128,192,3)
+    image = kodak_crop()  # (128,192,3)
     fp32 = Codec.from_pretrained(batch_size=1)
     bf16 = Codec(fp32.model, batch_size=1, precision="bf16")
     (stream,) = fp32.compress([image], 7)
@@ -115,3 +116,71 @@ def test_bf16_without_native_support_is_refused(tiny_codec, monkeypatch):
     with pytest.raises(ValueError, match="no native bfloat16"):
         Codec(tiny_codec.model, precision="bf16")
     assert Codec(tiny_codec.model, precision="fp32").precision == "fp32"
+
+
+# -- fp32 on CUDA (configure_cuda_determinism): flags only, no CUDA needed ------------------
+
+STRICT_FP32 = {
+    "matmul_allow_tf32": False,
+    "cudnn_allow_tf32": False,
+    "float32_matmul_precision": "highest",
+    "cudnn_deterministic": True,
+    "cudnn_benchmark": False,
+    "deterministic_algorithms": True,
+    "deterministic_warn_only": True,
+    "cublas_workspace_config": ":4096:8",
+}
+
+
+def test_cuda_determinism_is_a_no_op_off_cuda(tiny_codec, restore_cuda_backend_flags):
+    before = restore_cuda_backend_flags
+    assert configure_cuda_determinism("cpu") is False
+    assert configure_cuda_determinism(torch.device("cpu")) is False
+    Codec(tiny_codec.model)  # a CPU codec leaves the process's settings alone
+    assert cuda_backend_flags() == before
+
+
+def test_cuda_determinism_sets_strict_fp32_flags(restore_cuda_backend_flags):
+    # the defaults it must change: cuDNN allows TF32 unless told otherwise
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    assert configure_cuda_determinism(torch.device("cuda:1")) is True
+    flags = cuda_backend_flags()
+    assert {k: flags[k] for k in STRICT_FP32} == STRICT_FP32
+    assert set(flags["fp32_precision"]) <= {"ieee"}  # torch >= 2.9: the per-backend API too
+    assert not torch.cuda.is_initialized()  # flags only: no CUDA context is created
+
+
+def test_cuda_determinism_is_idempotent(restore_cuda_backend_flags):
+    configure_cuda_determinism("cuda")
+    once = cuda_backend_flags()
+    assert configure_cuda_determinism("cuda") is True
+    assert cuda_backend_flags() == once
+
+
+def test_cuda_determinism_overrides_the_per_backend_tf32_api(restore_cuda_backend_flags):
+    # code that opted into TF32 with torch's newer API: the legacy flags alone would not
+    # turn it off (and reading them would raise, the two APIs disagreeing)
+    backends = [torch.backends.cuda.matmul, torch.backends.cudnn.conv]
+    if not all(hasattr(b, "fp32_precision") for b in backends):
+        pytest.skip("this torch has no per-backend fp32_precision")
+    for backend in backends:
+        backend.fp32_precision = "tf32"
+    configure_cuda_determinism("cuda")
+    assert [b.fp32_precision for b in backends] == ["ieee", "ieee"]
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is False
+
+
+def test_cuda_determinism_keeps_stricter_or_equivalent_settings(
+    restore_cuda_backend_flags, monkeypatch
+):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the other deterministic size
+    torch.use_deterministic_algorithms(True)  # errors, not warnings: stricter than ours
+    configure_cuda_determinism("cuda")
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")  # not deterministic: replaced
+    configure_cuda_determinism("cuda")
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

@@ -126,11 +126,14 @@ def ray_cluster(s3_env: dict[str, str]) -> Iterator[str]:
     Depends on ``s3_env`` on purpose: Ray's worker processes inherit the environment of the
     process that starts Ray, so the S3 endpoint and dev credentials must be set first. The
     fake GPUs let one instance serve both the CPU tests (``gpus_per_worker=0``) and the GPU
-    pinning test. Yields the GCS address, for drivers started as subprocesses.
+    pinning test; ``OSCAR_FAKE_GPUS=1``, inherited by every actor, lets an actor given a fake
+    GPU run on the CPU (without it, no CUDA is a start failure: ``pick_device``). Yields the
+    GCS address, for drivers started as subprocesses.
     """
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to 127.0.0.1 (before import)
     mp.setenv("RAY_AUTH_MODE", "disabled")
+    mp.setenv("OSCAR_FAKE_GPUS", "1")
     import ray
 
     ray.init(

@@ -224,7 +224,7 @@ def test_each_gpu_actor_gets_its_own_gpu(encoded):
     workers = encoded["workers"]
     pinned = sorted((tuple(w["gpu_ids"]), w["cuda_visible_devices"]) for w in workers)
     assert pinned == [(("0",), "0"), (("1",), "1")]
-    assert {w["device"] for w in workers} == {"cpu"}  # no CUDA here: the actor falls back
+    assert {w["device"] for w in workers} == {"cpu"}  # fake GPUs (OSCAR_FAKE_GPUS=1): the CPU
     devices = {r["worker"].split()[-1] for r in encoded["per_shard"]}
     assert devices == {"cpu"}
 
@@ -420,6 +420,46 @@ def test_dispatch_retries_with_backoff_and_replaces_dead_actors(ray_cluster, tmp
         len(workers) == 3 and len(replaced) == 1 and "worker died" in replaced[0]["replaced_after"]
     )
     assert replaced[0]["pid"] not in {w["pid"] for w in workers[:2]}
+
+
+def test_worker_given_a_gpu_without_cuda_stops_the_job(ray_cluster, tiny_model_dir):
+    """A GPU slot without CUDA: the actor's __init__ raises, the job stops at once with that
+    reason (no shard runs, no retry loop). The session's actors may run fake GPUs on the
+    CPU (OSCAR_FAKE_GPUS=1); this one is told not to."""
+    import ray
+    from tqdm import tqdm
+
+    from pipeline.dispatch import WorkersFailedToStart
+    from pipeline.worker import ShardWorker, WorkerConfig
+
+    class StrictWorker(ShardWorker):  # local: Ray ships it by value
+        def __init__(self, config: WorkerConfig) -> None:
+            os.environ.pop("OSCAR_FAKE_GPUS", None)
+            super().__init__(config)
+
+    actor_cls = ray.remote(num_cpus=0, num_gpus=1)(StrictWorker)
+    started: list[int] = []
+
+    def make_actor():
+        started.append(1)
+        return actor_cls.remote(WorkerConfig(tiny_model_dir))
+
+    t0 = time.monotonic()
+    with pytest.raises(WorkersFailedToStart) as info:
+        run_tasks(
+            ["never run"],
+            method="encode_shard",
+            make_actor=make_actor,
+            n_actors=2,
+            max_retries=3,
+            backoff_s=0.1,
+            bar=tqdm(disable=True),
+        )
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("workers failed to start: RuntimeError: ")
+    assert "Ray assigned GPU" in message and "CUDA_VISIBLE_DEVICES=" in message
+    assert "torch.cuda.is_available() is False" in message
+    assert len(started) == 2 and time.monotonic() - t0 < 120  # no actor replaced, no retry
 
 
 # ----------------------------------------------------------------------------- CLI
