@@ -3,7 +3,7 @@
 
 They run only when ``pipeline`` offers the API they use (``runner.run_encode`` /
 ``EncodeJob``, ``worker.ShardWorker`` / ``WorkerConfig`` / ``EncodeTask``,
-``dispatch.Resources``, ``storage.open_read``); otherwise the section says ``not run:
+``dispatch.Resources``, ``storage.open_read``, ``storage_s3``); otherwise the section says ``not run:
 pipeline missing`` with what is absent, never a number.
 
 Shards are WebDataset tars (``000000.png``, ...) written into the run's scratch directory.
@@ -35,7 +35,7 @@ MEMORY_GOAL = 1.1  # bench's own: peak RSS of a 10x larger shard within 10% (fla
 def pipeline_api() -> tuple[dict[str, Any] | None, str | None]:
     """The pipeline objects the sections use, or (None, what is missing)."""
     try:
-        from pipeline import dispatch, runner, storage, worker
+        from pipeline import dispatch, runner, storage, storage_s3, worker
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
         return None, f"pipeline missing ({type(exc).__name__}: {exc})"
     need = {
@@ -46,7 +46,7 @@ def pipeline_api() -> tuple[dict[str, Any] | None, str | None]:
         "EncodeTask": (worker, "EncodeTask"),
         "Resources": (dispatch, "Resources"),
         "open_read": (storage, "open_read"),
-        "storage": (storage, None),
+        "storage_s3": (storage_s3, None),
     }
     api, missing = {}, []
     for name, (mod, attr) in need.items():

@@ -41,6 +41,7 @@ from .recompress_report import (  # noqa: F401 - re-exported: the printing moved
 from .report import STATS_SUFFIX, now_iso, read_stats, write_json
 from .runner import JOB_CONFIG, EncodeJob, join, run_encode
 from .samples import IMAGE_EXTS, SampleError, decode_image, group_by_key, tar_members
+from .storage_base import StorageError
 from .worker import ShardWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,7 @@ def _read_config(out: str) -> dict[str, Any]:
 def _size(url: str) -> int | None:
     try:
         return storage.size(url)
-    except storage.StorageError as exc:  # a report detail: the shard may have moved
+    except StorageError as exc:  # a report detail: the shard may have moved
         log.warning("%s", exc)
         return None
 

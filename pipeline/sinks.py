@@ -144,27 +144,17 @@ class FileSink(_Sink):
     def __init__(self, root: str) -> None:
         super().__init__()
         self.root = root.rstrip("/")
-        self._loc = storage.parse_url(self.root)
-        if self._loc.scheme == "file":
-            os.makedirs(self._loc.path, exist_ok=True)
-            self._real_root = os.path.realpath(self._loc.path)
+        self._store = storage.storage_for(self.root)
 
     def add(self, key: str, files: dict[str, bytes]) -> None:
-        entries = self._entries(key, files)
-        for name, data in entries:
-            if self._loc.scheme == "file":
-                path = os.path.join(self._loc.path, *name.split("/"))
-                self._check_contained(path, key)
-                storage.put_bytes(path, data)
-            else:
-                storage.put_bytes(f"{self.root}/{name}", data)
-
-    def _check_contained(self, path: str, key: str) -> None:
-        # Defence in depth: safe_key already forbids "..", but a symlinked directory inside
-        # the output could still point elsewhere.
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, self._real_root]) != self._real_root:
-            raise UnsafeKey(f"key {key!r} resolves outside the output directory ({real})")
+        for name, data in self._entries(key, files):
+            url = f"{self.root}/{name}"
+            # Defence in depth: safe_key already forbids "..", but a symlinked directory
+            # inside a local output could still point elsewhere.
+            real = self._store.escapes(self.root, url)
+            if real is not None:
+                raise UnsafeKey(f"key {key!r} resolves outside the output directory ({real})")
+            self._store.put_bytes(url, data)
 
     def close(self) -> None:
         """Nothing to publish: each file was written whole."""

@@ -18,6 +18,7 @@ import pytest
 from jobs.cli import main as cli_main
 from pipeline import storage
 from pipeline.recompress import QualityTask, QualityWorker, human_bytes, pick_evenly
+from pipeline.storage_base import StorageError
 from pipeline.worker import EncodeTask, ShardWorker, WorkerConfig
 from tests.pipeline.shards import image_bytes, tar_bytes
 
@@ -83,7 +84,7 @@ def test_local_model_dir_downloads_once_and_follows_changes(s3_bucket, tiny_mode
     newer = storage.local_model_dir(url, cache)
     assert newer != local and "v2" in Path(newer, "config.json").read_text()
     assert storage.local_model_dir(tiny_model_dir, cache) == tiny_model_dir  # local: as is
-    with pytest.raises(storage.StorageError, match="no model here"):
+    with pytest.raises(StorageError, match="no model here"):
         storage.local_model_dir(f"s3://{s3_bucket}/models/none", cache)
     assert not [n for n in os.listdir(cache) if ".tmp-" in n]  # no temp dirs left
 

@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline import parquet
 from pipeline.report import read_stats
 from pipeline.sinks import FileSink, UnsafeKey, safe_key
-from pipeline.storage import StorageError
+from pipeline.storage_base import StorageError
 from pipeline.worker import DecodeTask, EncodeTask, ShardWorker, WorkerConfig, _Prefetch
 from tests.pipeline.shards import image_bytes, tar_bytes
 
