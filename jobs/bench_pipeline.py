@@ -2,8 +2,8 @@
 ``bench_scaling.py``; 8, S3 reads, is ``bench_s3.py``; both use the helpers here).
 
 They run only when ``pipeline`` offers the API they use (``runner.run_encode`` /
-``EncodeJob``, ``worker.ShardWorker`` / ``WorkerConfig`` / ``EncodeTask``,
-``dispatch.Resources``, ``storage.open_read``, ``storage_s3``); otherwise the section says ``not run:
+``contract.EncodeJob`` / ``WorkerConfig`` / ``EncodeTask`` / ``Resources``,
+``worker.ShardWorker``, ``storage.open_read``, ``storage_s3``); otherwise the section says ``not run:
 pipeline missing`` with what is absent, never a number.
 
 Shards are WebDataset tars (``000000.png``, ...) written into the run's scratch directory.
@@ -35,16 +35,16 @@ MEMORY_GOAL = 1.1  # bench's own: peak RSS of a 10x larger shard within 10% (fla
 def pipeline_api() -> tuple[dict[str, Any] | None, str | None]:
     """The pipeline objects the sections use, or (None, what is missing)."""
     try:
-        from pipeline import dispatch, runner, storage, storage_s3, worker
+        from pipeline import contract, runner, storage, storage_s3, worker
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
         return None, f"pipeline missing ({type(exc).__name__}: {exc})"
     need = {
         "run_encode": (runner, "run_encode"),
-        "EncodeJob": (runner, "EncodeJob"),
+        "EncodeJob": (contract, "EncodeJob"),
         "ShardWorker": (worker, "ShardWorker"),
-        "WorkerConfig": (worker, "WorkerConfig"),
-        "EncodeTask": (worker, "EncodeTask"),
-        "Resources": (dispatch, "Resources"),
+        "WorkerConfig": (contract, "WorkerConfig"),
+        "EncodeTask": (contract, "EncodeTask"),
+        "Resources": (contract, "Resources"),
         "open_read": (storage, "open_read"),
         "storage_s3": (storage_s3, None),
     }
@@ -109,7 +109,7 @@ def section_efficiency(ctx: BenchContext) -> dict[str, Any]:
         name="shard-000000",
         parquet_url=str(out / "shard-000000.parquet"),
         stats_url=str(out / "shard-000000.stats.json"),
-        rate_index=rate,
+        rate=worker.codec.ladder[rate],
     )
     arrays = [ctx.images[k % len(ctx.images)] for k in range(count)]
     results = []
@@ -193,7 +193,8 @@ def _vm_kb(field: str) -> int:
 
 def memory_probe(model_dir: str, shard: str, out: str, rate: int, threads: int) -> dict:
     """Runs in a fresh process: one ShardWorker, one shard; RSS figures in MiB."""
-    from pipeline.worker import EncodeTask, ShardWorker, WorkerConfig
+    from pipeline.contract import EncodeTask, WorkerConfig
+    from pipeline.worker import ShardWorker
 
     start = _vm_kb("VmRSS")
     worker = ShardWorker(WorkerConfig(model_dir, threads=threads))
@@ -211,7 +212,7 @@ def memory_probe(model_dir: str, shard: str, out: str, rate: int, threads: int) 
             name="mem",
             parquet_url=os.path.join(out, "mem.parquet"),
             stats_url=os.path.join(out, "mem.stats.json"),
-            rate_index=rate,
+            rate=worker.codec.ladder[rate],
         )
     )
     return {

@@ -134,8 +134,9 @@ def _run_jobs(
 ) -> tuple[list[dict], list[str], dict, dict, dict]:
     """Steps 1-4 (servers up): shards in, encode, decode twice, outputs home."""
     from pipeline import storage
+    from pipeline.contract import DecodeJob, EncodeJob
     from pipeline.parquet import read_table
-    from pipeline.runner import DecodeJob, EncodeJob, run_decode, run_encode
+    from pipeline.runner import run_decode, run_encode
 
     # 1. Shards + rates file in the bucket
     _ensure_bucket(BUCKET)
@@ -190,7 +191,7 @@ def _run_jobs(
 
 def run_pipeline_demo(model: str | None, out: str, workers: int | None = None) -> int:
     from oscar_core import DEFAULT_MODEL_DIR, Codec
-    from pipeline.dispatch import Resources
+    from pipeline.contract import Resources
 
     t_start = time.perf_counter()
     model_dir = str(Path(model or DEFAULT_MODEL_DIR).resolve())

@@ -23,26 +23,19 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import storage
-from .dispatch import Resources, connect_ray, plan_actors, run_tasks
+from .contract import EncodeJob, QualityTask, Resources, ShardQuality, WorkerConfig
+from .dispatch import execute, ray_session
 from .parquet import read_table
-from .recompress_report import (  # noqa: F401 - re-exported: the printing moved there
-    TABLE_HEADERS,
-    format_table,
-    human_bytes,
-    report_markdown,
-    table_rows,
-)
-from .report import STATS_SUFFIX, now_iso, read_stats, write_json
-from .runner import JOB_CONFIG, EncodeJob, join, run_encode
+from .report import STATS_SUFFIX, now_iso, read_json, read_stats, recompress_markdown, write_json
+from .runner import JOB_CONFIG, join, run_encode
 from .samples import IMAGE_EXTS, SampleError, decode_image, group_by_key, tar_members
 from .storage_base import StorageError
-from .worker import ShardWorker, WorkerConfig
+from .worker import ShardWorker
 
 log = logging.getLogger(__name__)
 
@@ -92,23 +85,6 @@ def pick_evenly(n_items: int, k: int) -> list[int]:
 
 
 # ----------------------------------------------------------------- quality workers
-
-
-@dataclass(frozen=True)
-class QualityTask:
-    shard: str  # the source tar
-    name: str
-    parquet: str
-    sample: int  # images to compare
-    attempt: int = 1
-
-
-@dataclass
-class ShardQuality:
-    name: str
-    samples: list[dict[str, Any]] = field(default_factory=list)  # key, psnr, ms_ssim, bpp
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
-    seconds: float = 0.0
 
 
 class QualityWorker(ShardWorker):
@@ -187,26 +163,16 @@ def measure_quality(
 ) -> tuple[dict[str, ShardQuality], list[tuple[QualityTask, str]]]:
     """Run ``QualityWorker.quality_shard`` over the tasks on Ray (connected by the caller
     or here); returns ({name: quality}, failures)."""
-    import ray
-    from tqdm import tqdm
-
-    started = connect_ray(res.address)
-    try:
-        n, options, threads = plan_actors(res, len(tasks))
-        actor_cls = ray.remote(**options)(QualityWorker)
-        wconf = WorkerConfig(config.model_dir, batch_size=config.batch_size, threads=threads)
-        results, failures, _ = run_tasks(
-            tasks,
-            method="quality_shard",
-            make_actor=lambda: actor_cls.remote(wconf),
-            n_actors=n,
-            max_retries=max_retries,
-            backoff_s=1.0,
-            bar=tqdm(total=len(tasks), unit="shard", desc="quality", disable=True),
-        )
-    finally:
-        if started:
-            ray.shutdown()
+    results, failures, _ = execute(
+        tasks,
+        "quality_shard",
+        config,
+        res,
+        max_retries=max_retries,
+        backoff_s=1.0,
+        progress=False,
+        actor_class=QualityWorker,
+    )
     return {q.name: q for q in results}, failures
 
 
@@ -229,10 +195,9 @@ def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE)
         raise ValueError(f'Invalid quality_sample "{quality_sample}"')
     t0 = time.perf_counter()
     res = job.resources or Resources()
-    started = connect_ray(res.address)  # one Ray for both passes
-    try:
+    with ray_session(res.address):  # one Ray for both passes
         encode = run_encode(job)
-        config = _read_config(job.out)
+        config = read_json(join(job.out, JOB_CONFIG))
         listing = set(storage.list_prefix(join(job.out, "")))
         done = [s for s in config["shards"] if join(job.out, s["name"] + STATS_SUFFIX) in listing]
         with ThreadPoolExecutor(16) as pool:  # small GETs and HEADs: latency bound
@@ -256,11 +221,6 @@ def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE)
             )
             if tasks:
                 quality, quality_failed = measure_quality(tasks, wconf, res)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     rows = []
     for s, st, tb, pb in zip(done, stats, tar_bytes, pq_bytes, strict=True):
         q = quality.get(s["name"])
@@ -322,14 +282,8 @@ def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE)
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(join(job.out, REPORT_STEM + ".json"), report)
-    storage.atomic_put(join(job.out, REPORT_STEM + ".md"), report_markdown(report).encode())
+    storage.atomic_put(join(job.out, REPORT_STEM + ".md"), recompress_markdown(report).encode())
     return report
-
-
-def _read_config(out: str) -> dict[str, Any]:
-    from .report import read_json
-
-    return read_json(join(out, JOB_CONFIG))
 
 
 def _size(url: str) -> int | None:

@@ -136,8 +136,8 @@ def _read_tables(out: str) -> dict[str, pa.Table]:
 
 def soak(iterations: int, seconds: float) -> int:
     from oscar_core.codec import DEFAULT_MODEL_DIR
-    from pipeline.dispatch import Resources
-    from pipeline.runner import EncodeJob, run_encode
+    from pipeline.contract import EncodeJob, Resources
+    from pipeline.runner import run_encode
 
     bucket = f"soak-{uuid.uuid4().hex[:8]}"
     storage_s3.s3_client().create_bucket(Bucket=bucket)

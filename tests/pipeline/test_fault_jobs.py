@@ -33,10 +33,10 @@ from PIL import Image
 from jobs.cli import main as cli_main
 from oscar_core import bitstream
 from pipeline import parquet, storage, storage_s3
-from pipeline.dispatch import Resources
-from pipeline.runner import EncodeJob, run_encode
+from pipeline.contract import DecodeTask, EncodeJob, Resources, WorkerConfig
+from pipeline.runner import run_encode
 from pipeline.samples import decode_image
-from pipeline.worker import DecodeTask, ShardWorker, WorkerConfig
+from pipeline.worker import ShardWorker
 from tests.pipeline.shards import image_bytes, tar_bytes
 
 CPU = ["--workers", "1", "--gpus-per-worker", "0", "--cpus-per-worker", "1", "--no-progress"]

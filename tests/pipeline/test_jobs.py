@@ -33,8 +33,9 @@ from PIL import Image
 
 from jobs.cli import main as cli_main
 from pipeline import storage, storage_s3
-from pipeline.dispatch import Resources, run_tasks
-from pipeline.runner import DecodeJob, EncodeJob, collect_status, run_decode, run_encode
+from pipeline.contract import DecodeJob, EncodeJob, Resources
+from pipeline.dispatch import run_tasks
+from pipeline.runner import collect_status, run_decode, run_encode
 from tests.pipeline.conftest import REPO, _empty_and_delete_bucket
 from tests.pipeline.shards import image_bytes, tar_bytes, truncate_in_member
 

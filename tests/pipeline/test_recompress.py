@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main as cli_main
+from oscar_core import get_config
 from pipeline import storage
-from pipeline.recompress import QualityTask, QualityWorker, human_bytes, pick_evenly
+from pipeline.contract import EncodeTask, QualityTask, WorkerConfig
+from pipeline.recompress import QualityWorker, pick_evenly
+from pipeline.report import human_bytes
 from pipeline.storage_base import StorageError
-from pipeline.worker import EncodeTask, ShardWorker, WorkerConfig
+from pipeline.worker import ShardWorker
 from tests.pipeline.shards import image_bytes, tar_bytes
 
 
@@ -43,7 +46,8 @@ def test_quality_worker_samples_and_detects_changed_sources(tmp_path, tiny_model
     shard, parquet = tmp_path / "shard.tar", tmp_path / "shard.parquet"
     shard.write_bytes(tar_bytes(_shard_entries()))
     config = WorkerConfig(tiny_model_dir, batch_size=4)
-    task = EncodeTask(str(shard), "shard", str(parquet), str(tmp_path / "s.json"), rate_index=3)
+    rate = get_config("oscar-tiny").rate_ladder()[3]
+    task = EncodeTask(str(shard), "shard", str(parquet), str(tmp_path / "s.json"), rate=rate)
     result = ShardWorker(config).encode_shard(task)
     assert (result.ok, result.errors) == (4, 1)
 
