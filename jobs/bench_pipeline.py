@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .bench_common import BenchContext, centre_crop, measure, not_run, table, verdict
+from oscar_core.images import center_crop
+
+from .bench_common import BenchContext, measure, not_run, table, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 EFFICIENCY_GOAL = 0.9  # bench's own: the shard path keeps >= 90% of the bare model's rate
@@ -235,7 +237,7 @@ def section_memory(ctx: BenchContext) -> dict[str, Any]:
     if api is None:
         return not_run(title, goal, why, "peak RSS per actor, shards of 100 vs 1,000 images")
     sizes = (10, 100) if ctx.quick else (100, 1000)
-    tile = [centre_crop(i, 64) for i in ctx.images]
+    tile = [center_crop(i, 64) for i in ctx.images]
     rate = _pipeline_rate(ctx)
     runs = {}
     for n in sizes:

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
+from oscar_core.metrics import ms_ssim, psnr
 
 from . import storage
 from .contract import EncodeJob, QualityTask, Resources, ShardQuality, WorkerConfig
@@ -41,38 +41,6 @@ log = logging.getLogger(__name__)
 
 REPORT_STEM = "recompress_report"
 DEFAULT_QUALITY_SAMPLE = 4
-PSNR_CAP_DB = 100.0
-
-
-# ------------------------------------------------------------------------- metrics
-
-
-def psnr(ref: np.ndarray, test: np.ndarray) -> float:
-    """PSNR in dB over all pixels and channels, peak 255; capped at 100 dB (identical),
-    so that the JSON report stays standard JSON."""
-    mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
-    return PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10 * math.log10(255.0**2 / mse))
-
-
-def ms_ssim(ref: np.ndarray, test: np.ndarray) -> float | None:
-    """MS-SSIM on RGB, data range 255, 5 scales; None without ``pytorch_msssim``.
-
-    The standard 11-tap window needs the smaller side > 160 px; smaller images use the
-    largest odd window that fits (down to 3 taps, side > 32; not comparable with standard
-    MS-SSIM), and below 33 px the value is NaN.
-    """
-    try:
-        import torch
-        from pytorch_msssim import ms_ssim as _ms_ssim
-    except ImportError:
-        return None
-    side = min(ref.shape[:2])
-    win = next((w for w in (11, 9, 7, 5, 3) if side > (w - 1) * 16), None)
-    if win is None:
-        return math.nan
-    x = torch.from_numpy(np.array(ref)).permute(2, 0, 1)[None].float()
-    y = torch.from_numpy(np.array(test)).permute(2, 0, 1)[None].float()
-    return float(_ms_ssim(x, y, data_range=255.0, win_size=win))
 
 
 def pick_evenly(n_items: int, k: int) -> list[int]:
@@ -121,7 +89,7 @@ class QualityWorker(ShardWorker):
                     "height": h,
                     "bpp": 8 * len(row["bitstream"]) / (w * h),
                     "psnr": psnr(source, image),
-                    "ms_ssim": ms_ssim(source, image),
+                    "ms_ssim": ms_ssim(source, image) if _has_msssim() else None,
                 }
             )
         result.seconds = time.perf_counter() - t0
