@@ -9,7 +9,7 @@ codes a user can fix (missing bucket, denied access, bad credentials).
 
 Why boto3 and not ``pyarrow.fs.S3FileSystem`` (measured with ``oscar bench --sections 8``,
 see docs/pipeline.md): pyarrow's input stream issues one ranged GET per ``read()`` unless
-buffered, and buffered it read at ~0.6x of this backend; its errors are message strings,
+buffered, and buffered it read at 0.4-0.7x of this backend; its errors are message strings,
 with no error code to map to our hints.
 """
 
