@@ -25,8 +25,9 @@ from torch import Tensor
 from oscar_core.entropy import fixed_length_bits
 from oscar_core.hyper import match_norms
 from oscar_core.images import crop, pad_reflect, padded_size, to_tensor, to_uint8
+from oscar_core.metrics import psnr
 
-from .bench_common import BenchContext, measure, ms, psnr, table, verdict
+from .bench_common import BenchContext, measure, ms, table, verdict
 
 # Section 2 (stage profile, op counter) is bench_profile.py; re-exported for old imports.
 from .bench_profile import gflops, op_count, section_stage_profile, stage_profile  # noqa: F401

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from oscar_core.images import center_crop
+
 QUICK_CROP = 256  # --quick: one image, centre-cropped to this side
 
 
@@ -165,11 +167,6 @@ def not_run(title: str, goal: str, why: str, todo: str) -> dict[str, Any]:
     }
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float | None:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return None if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
 def load_images(directory: Path, quick: bool) -> tuple[list[np.ndarray], list[str]]:
     """RGB arrays of every image in ``directory`` (sorted); --quick: the first one, cropped
     to 256x256. Images of different sizes are centre-cropped to the smallest common size."""
@@ -189,26 +186,15 @@ def load_images(directory: Path, quick: bool) -> tuple[list[np.ndarray], list[st
             img.load()
             arr = to_rgb_array(img)
         if quick:
-            arr = centre_crop(arr, QUICK_CROP)
+            arr = center_crop(arr, QUICK_CROP)
         images.append(arr)
         names.append(path.name)
     # Batches need one size: mixed sizes are centre-cropped to the smallest common one.
     h = min(a.shape[0] for a in images)
     w = min(a.shape[1] for a in images)
     if any(a.shape[:2] != (h, w) for a in images):
-        images = [centre_crop_hw(a, h, w) for a in images]
+        images = [center_crop(a, h, w) for a in images]
     return images, names
-
-
-def centre_crop(arr: np.ndarray, side: int) -> np.ndarray:
-    return centre_crop_hw(arr, side, side)
-
-
-def centre_crop_hw(arr: np.ndarray, height: int, width: int) -> np.ndarray:
-    h, w = arr.shape[:2]
-    ch, cw = min(height, h), min(width, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return np.ascontiguousarray(arr[top : top + ch, left : left + cw])
 
 
 def cycle_batches(images: list[np.ndarray], batch: int) -> list[list[np.ndarray]]:

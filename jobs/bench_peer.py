@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from oscar_core.images import padded_size
+from oscar_core.metrics import psnr
 from oscar_core.precision import compute_precision
 
 from .bench_codec import _mean, _streams
-from .bench_common import BenchContext, measure, ms, psnr, table, verdict
+from .bench_common import BenchContext, measure, ms, table, verdict
 from .bench_profile import gflops, stage_profile
 
 # Pillow codecs at a low quality

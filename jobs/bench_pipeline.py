@@ -2,8 +2,8 @@
 ``bench_scaling.py``; 8, S3 reads, is ``bench_s3.py``; both use the helpers here).
 
 They run only when ``pipeline`` offers the API they use (``runner.run_encode`` /
-``EncodeJob``, ``worker.ShardWorker`` / ``WorkerConfig`` / ``EncodeTask``,
-``dispatch.Resources``, ``storage.open_read``); otherwise the section says ``not run:
+``contract.EncodeJob`` / ``WorkerConfig`` / ``EncodeTask`` / ``Resources``,
+``worker.ShardWorker``, ``storage.open_read``, ``storage_s3``); otherwise the section says ``not run:
 pipeline missing`` with what is absent, never a number.
 
 Shards are WebDataset tars (``000000.png``, ...) written into the run's scratch directory.
@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .bench_common import BenchContext, centre_crop, measure, not_run, table, verdict
+from oscar_core.images import center_crop
+
+from .bench_common import BenchContext, measure, not_run, table, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 EFFICIENCY_GOAL = 0.9  # bench's own: the shard path keeps >= 90% of the bare model's rate
@@ -35,18 +37,18 @@ MEMORY_GOAL = 1.1  # bench's own: peak RSS of a 10x larger shard within 10% (fla
 def pipeline_api() -> tuple[dict[str, Any] | None, str | None]:
     """The pipeline objects the sections use, or (None, what is missing)."""
     try:
-        from pipeline import dispatch, runner, storage, worker
+        from pipeline import contract, runner, storage, storage_s3, worker
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
         return None, f"pipeline missing ({type(exc).__name__}: {exc})"
     need = {
         "run_encode": (runner, "run_encode"),
-        "EncodeJob": (runner, "EncodeJob"),
+        "EncodeJob": (contract, "EncodeJob"),
         "ShardWorker": (worker, "ShardWorker"),
-        "WorkerConfig": (worker, "WorkerConfig"),
-        "EncodeTask": (worker, "EncodeTask"),
-        "Resources": (dispatch, "Resources"),
+        "WorkerConfig": (contract, "WorkerConfig"),
+        "EncodeTask": (contract, "EncodeTask"),
+        "Resources": (contract, "Resources"),
         "open_read": (storage, "open_read"),
-        "storage": (storage, None),
+        "storage_s3": (storage_s3, None),
     }
     api, missing = {}, []
     for name, (mod, attr) in need.items():
@@ -109,7 +111,7 @@ def section_efficiency(ctx: BenchContext) -> dict[str, Any]:
         name="shard-000000",
         parquet_url=str(out / "shard-000000.parquet"),
         stats_url=str(out / "shard-000000.stats.json"),
-        rate_index=rate,
+        rate=worker.codec.ladder[rate],
     )
     arrays = [ctx.images[k % len(ctx.images)] for k in range(count)]
     results = []
@@ -193,7 +195,8 @@ def _vm_kb(field: str) -> int:
 
 def memory_probe(model_dir: str, shard: str, out: str, rate: int, threads: int) -> dict:
     """Runs in a fresh process: one ShardWorker, one shard; RSS figures in MiB."""
-    from pipeline.worker import EncodeTask, ShardWorker, WorkerConfig
+    from pipeline.contract import EncodeTask, WorkerConfig
+    from pipeline.worker import ShardWorker
 
     start = _vm_kb("VmRSS")
     worker = ShardWorker(WorkerConfig(model_dir, threads=threads))
@@ -211,7 +214,7 @@ def memory_probe(model_dir: str, shard: str, out: str, rate: int, threads: int) 
             name="mem",
             parquet_url=os.path.join(out, "mem.parquet"),
             stats_url=os.path.join(out, "mem.stats.json"),
-            rate_index=rate,
+            rate=worker.codec.ladder[rate],
         )
     )
     return {
@@ -234,7 +237,7 @@ def section_memory(ctx: BenchContext) -> dict[str, Any]:
     if api is None:
         return not_run(title, goal, why, "peak RSS per actor, shards of 100 vs 1,000 images")
     sizes = (10, 100) if ctx.quick else (100, 1000)
-    tile = [centre_crop(i, 64) for i in ctx.images]
+    tile = [center_crop(i, 64) for i in ctx.images]
     rate = _pipeline_rate(ctx)
     runs = {}
     for n in sizes:

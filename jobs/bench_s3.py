@@ -71,9 +71,9 @@ def _s3_reads(api: dict[str, Any], data: bytes, repeats: int, warmup: int) -> tu
     chunks, and (to locate a loss) boto3's body read in the same chunks."""
     import boto3
 
-    storage = api["storage"]
-    storage.reset_s3_client()
-    client = storage.s3_client()
+    storage_s3 = api["storage_s3"]
+    storage_s3.reset_s3_client()
+    client = storage_s3.s3_client()
     bucket, key = f"bench-{uuid.uuid4().hex[:12]}", "shards/shard-000000.tar"
     url = f"s3://{bucket}/{key}"
     client.create_bucket(Bucket=bucket)
@@ -110,7 +110,7 @@ def _s3_reads(api: dict[str, Any], data: bytes, repeats: int, warmup: int) -> tu
         with contextlib.suppress(Exception):
             client.delete_object(Bucket=bucket, Key=key)
             client.delete_bucket(Bucket=bucket)
-        storage.reset_s3_client()
+        storage_s3.reset_s3_client()
 
 
 def section_s3(ctx: BenchContext) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from oscar_core.metrics import psnr
+
 # The servers and the input shards are demo_setup.py; these names are re-exported here.
 from .demo_setup import (  # noqa: F401
     CAPTIONS,
@@ -50,11 +52,6 @@ SAMPLES_DIR = Path(__file__).parent / "samples"
 BUCKET = "oscar-demo"
 PREFIX = "demo"  # s3://oscar-demo/demo/{in,enc,dec}/ (redone on every run)
 SHARD_RATES = {"shard-000000.tar": 2, "shard-000001.tar": 7}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def _sample_paths() -> list[Path]:
@@ -134,8 +131,9 @@ def _run_jobs(
 ) -> tuple[list[dict], list[str], dict, dict, dict]:
     """Steps 1-4 (servers up): shards in, encode, decode twice, outputs home."""
     from pipeline import storage
+    from pipeline.contract import DecodeJob, EncodeJob
     from pipeline.parquet import read_table
-    from pipeline.runner import DecodeJob, EncodeJob, run_decode, run_encode
+    from pipeline.runner import run_decode, run_encode
 
     # 1. Shards + rates file in the bucket
     _ensure_bucket(BUCKET)
@@ -190,7 +188,7 @@ def _run_jobs(
 
 def run_pipeline_demo(model: str | None, out: str, workers: int | None = None) -> int:
     from oscar_core import DEFAULT_MODEL_DIR, Codec
-    from pipeline.dispatch import Resources
+    from pipeline.contract import Resources
 
     t_start = time.perf_counter()
     model_dir = str(Path(model or DEFAULT_MODEL_DIR).resolve())

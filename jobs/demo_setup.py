@@ -82,13 +82,13 @@ def local_s3() -> Iterator[dict[str, str]]:
             if proc.returncode != 0:
                 shutil.rmtree(tmp_state, ignore_errors=True)
                 raise RuntimeError(f"infra/local_s3 start failed:\n{proc.stderr[-3000:]}")
-    from pipeline import storage
+    from pipeline import storage, storage_s3
 
     env = storage.parse_env_exports(proc.stdout)
     if "AWS_ENDPOINT_URL" not in env:
         raise RuntimeError(f"infra/local_s3 printed no settings:\n{proc.stdout}{proc.stderr}")
     os.environ.update(env)  # before Ray starts: its workers inherit the environment
-    storage.reset_s3_client()
+    storage_s3.reset_s3_client()
     try:
         yield env
     finally:
@@ -143,9 +143,9 @@ def pack_shards(paths: list[Path], n_shards: int) -> dict[str, bytes]:
 
 
 def _ensure_bucket(name: str) -> None:
-    from pipeline import storage
+    from pipeline.storage_s3 import s3_client
 
-    client = storage.s3_client()
+    client = s3_client()
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     if name not in existing:
         client.create_bucket(Bucket=name)

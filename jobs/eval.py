@@ -37,6 +37,7 @@ from jobs.eval_metrics import (
     summary_markdown,
 )
 from jobs.eval_plots import _caption, _pyplot, contact_sheet, plot_rd  # noqa: F401 - moved there
+from oscar_core.images import center_crop
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
 DEFAULT_DOWNSCALES = (2, 4)
@@ -108,13 +109,6 @@ def load_samples(paths: list[Path]) -> tuple[list[Sample], list[str]]:
     return samples, errors
 
 
-def center_crop(image: np.ndarray, size: int = SHEET_CROP) -> np.ndarray:
-    h, w = image.shape[:2]
-    ch, cw = min(size, h), min(size, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return image[top : top + ch, left : left + cw].copy()
-
-
 def make_row(sample: Sample, label: str, codec: str, rate, target: float, **values) -> dict:
     h, w = sample.image.shape[:2]
     row = {"image": sample.name, "width": w, "height": h, "codec": codec, "variant": label}
@@ -137,7 +131,7 @@ def evaluate_image(
     h, w = ref.shape[:2]
     targets: dict[int, float] = {}
     if keep:
-        state.originals[sample.name] = center_crop(ref)
+        state.originals[sample.name] = center_crop(ref, SHEET_CROP)
     for rate in rates:
         t0 = time.perf_counter()
         stream = codec.compress([ref], rate.index)[0]
@@ -154,7 +148,10 @@ def evaluate_image(
             | {"enc_ms": 1000 * (t1 - t0), "dec_ms": 1000 * (t2 - t1)}
         )
         if keep:
-            state.crops[(sample.name, rate.index, "oscar")] = (center_crop(decoded), state.rows[-1])
+            state.crops[(sample.name, rate.index, "oscar")] = (
+                center_crop(decoded, SHEET_CROP),
+                state.rows[-1],
+            )
     for name, cc in classic.items():
         tables: dict[int, QualityTable] = {}
         memo: dict[tuple[int, int], tuple[dict, float, np.ndarray]] = {}
@@ -180,7 +177,11 @@ def evaluate_image(
                     t0 = time.perf_counter()
                     decoded, dec_ms = table.decode(hit.quality)
                     state.seconds["search"] += time.perf_counter() - t0
-                    memo[key] = (state.score(ref, decoded), dec_ms, center_crop(decoded))
+                    memo[key] = (
+                        state.score(ref, decoded),
+                        dec_ms,
+                        center_crop(decoded, SHEET_CROP),
+                    )
                 scores, dec_ms, crop = memo[key]
                 state.rows.append(
                     make_row(sample, table.name, name, rate, target, bpp=hit.bpp)

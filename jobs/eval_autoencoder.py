@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from jobs.eval import find_images, load_samples
 from jobs.train_losses import chroma_l1, to_cbcr
+from oscar_core.metrics import psnr
 
 
 def round_trip_metrics(ae, image: np.ndarray) -> dict[str, float]:
@@ -31,14 +32,13 @@ def round_trip_metrics(ae, image: np.ndarray) -> dict[str, float]:
     with torch.no_grad():
         x_hat = ae.decode(ae.encode(x))  # (1,3,H,W) in [-1,1]
     out = ((x_hat[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()
-    mse = float(((out - ref.astype(np.float64)) ** 2).mean())
     cells = chroma_l1(F.avg_pool2d(x_hat, 8), F.avg_pool2d(x, 8))  # in [-1,1] units
 
     def chroma(t: torch.Tensor) -> float:
         return float(to_cbcr(t).abs().mean())
 
     return {
-        "psnr": 10 * np.log10(255**2 / max(mse, 1e-10)),
+        "psnr": psnr(ref, out),
         "cell_chroma_error": float(cells) * 127.5,
         "saturation_ratio": chroma(x_hat) / max(chroma(x), 1e-8),
     }

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-PSNR_CAP_DB = 100.0  # identical images: a finite stand-in for +inf, so means stay finite
+from oscar_core.metrics import PSNR_CAP_DB, ms_ssim, psnr
 
 
 @dataclass(frozen=True)
@@ -51,31 +51,6 @@ METRICS: dict[str, MetricSpec] = {
 DEFAULT_METRICS = ("psnr", "ms-ssim", "ssimulacra2", "flip")
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
-
-
-def psnr(ref: np.ndarray, test: np.ndarray) -> float:
-    """PSNR in dB over all pixels and channels, peak 255; capped at 100 dB (identical)."""
-    mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
-    return PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10 * math.log10(255.0**2 / mse))
-
-
-def ms_ssim(ref: np.ndarray, test: np.ndarray) -> float:
-    """MS-SSIM on RGB (mean over channels), data range 255, the standard 5 scales.
-
-    The standard 11-tap window needs a smaller side > 160 px (4 downsamplings). For smaller
-    images (tests, thumbnails) the largest odd window that fits is used (down to 3 taps,
-    side > 32); such values are not comparable with standard MS-SSIM. Below 33 px: NaN.
-    """
-    import torch
-    from pytorch_msssim import ms_ssim as _ms_ssim
-
-    side = min(ref.shape[:2])
-    win = next((w for w in (11, 9, 7, 5, 3) if side > (w - 1) * 16), None)
-    if win is None:
-        return math.nan
-    x = torch.from_numpy(np.array(ref)).permute(2, 0, 1)[None].double()  # a writable copy
-    y = torch.from_numpy(np.array(test)).permute(2, 0, 1)[None].double()
-    return float(_ms_ssim(x, y, data_range=255.0, win_size=win))
 
 
 def _png(image: np.ndarray) -> io.BytesIO:

@@ -37,7 +37,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _resources(args: argparse.Namespace) -> Any:
-    from pipeline.dispatch import Resources
+    from pipeline.contract import Resources
 
     return Resources(
         workers=args.workers,
@@ -69,7 +69,8 @@ def cmd_encode_shards(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
 
     def run() -> int:
-        from pipeline.runner import EncodeJob, run_encode
+        from pipeline.contract import EncodeJob
+        from pipeline.runner import run_encode
 
         job = EncodeJob(
             src=args.src,
@@ -109,7 +110,8 @@ def cmd_decode_shards(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
 
     def run() -> int:
-        from pipeline.runner import DecodeJob, run_decode
+        from pipeline.contract import DecodeJob
+        from pipeline.runner import run_decode
 
         job = DecodeJob(
             parquets=args.inputs,
@@ -241,8 +243,9 @@ def cmd_recompress(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
 
     def run() -> int:
-        from pipeline.recompress import format_table, human_bytes, run_recompress
-        from pipeline.runner import EncodeJob
+        from pipeline.contract import EncodeJob
+        from pipeline.recompress import run_recompress
+        from pipeline.report import format_table, human_bytes
 
         job = EncodeJob(
             src=args.src,

@@ -133,7 +133,7 @@ class Codec:
     # -- encode ------------------------------------------------------------------------
     @torch.inference_mode()
     def compress(
-        self, images: Sequence[Image.Image | np.ndarray], rate: int | float | str
+        self, images: Sequence[Image.Image | np.ndarray], rate: int | float | str | Rate
     ) -> list[bytes]:
         # 1. Check inputs (all of them, before any work)
         r = self.ladder.resolve(rate)

@@ -83,3 +83,12 @@ def pad_reflect(x: Tensor, height: int, width: int) -> Tensor:
 
 def crop(x: Tensor, height: int, width: int) -> Tensor:
     return x[..., :height, :width]
+
+
+def center_crop(image: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
+    """The centre ``height`` x ``width`` (default: a square) of an (H, W, ...) array, as a
+    C-contiguous copy; a side already smaller than asked for is kept whole."""
+    h, w = image.shape[:2]
+    ch, cw = min(height, h), min(height if width is None else width, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[top : top + ch, left : left + cw].copy()

@@ -14,6 +14,7 @@ Ray is imported lazily, after the package has set ``RAY_ENABLE_WINDOWS_OR_OSX_CL
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -21,25 +22,16 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from tqdm import tqdm
 
-from .worker import ShardWorker, WorkerConfig
+from .contract import Resources, WorkerConfig
+from .worker import ShardWorker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Resources:
-    """How many actors and what each one asks Ray for (None = decide from the cluster)."""
-
-    workers: int | None = None
-    gpus_per_worker: float | None = None  # default: 1 when the cluster has GPUs, else 0
-    cpus_per_worker: int | None = None  # also the actor's torch thread count
-    address: str | None = None  # Ray cluster; default RAY_ADDRESS, else a local instance
 
 
 # A ShardWorker holds one Codec on one device, cuda:0 of the GPUs Ray gives it: a second GPU
@@ -85,6 +77,20 @@ def connect_ray(address: str | None) -> bool:
             include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING
         )
     return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """``connect_ray(address)`` for the ``with`` block; shuts Ray down after it only when
+    this call started it (a job that runs several passes keeps one Ray for all)."""
+    started = connect_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def plan_actors(res: Resources, n_tasks: int) -> tuple[int, dict[str, float], int]:
@@ -218,22 +224,26 @@ def execute(
     max_retries: int,
     backoff_s: float,
     progress: bool = True,
+    actor_class: type = ShardWorker,
 ) -> tuple[list[Any], list[tuple[Any, str]], list[dict[str, Any]]]:
-    """Connect Ray, size the actor pool, run ``ShardWorker.<method>`` over the tasks with a
-    progress bar (shards done, images so far, images/s)."""
+    """Connect Ray (unless connected), size the actor pool, run ``actor_class.<method>``
+    over the tasks with a progress bar (shards done, images so far, images/s).
+
+    ``actor_class`` is ``ShardWorker`` or a subclass (``recompress.QualityWorker``); each
+    actor is built with ``config`` at the thread count ``plan_actors`` gives it.
+    """
     import ray
 
-    started = connect_ray(res.address)
-    try:
+    with ray_session(res.address):
         n, options, threads = plan_actors(res, len(tasks))
         config = replace(config, threads=threads)
-        actor_cls = ray.remote(**options)(ShardWorker)
+        actor_cls = ray.remote(**options)(actor_class)
         log.info("%d workers, each %s", n, options)
         t0, images = time.perf_counter(), 0
 
         def on_result(result: Any) -> None:
             nonlocal images
-            images += getattr(result, "samples", 0) or getattr(result, "decoded", 0)
+            images += result.images_done
             rate = images / max(1e-9, time.perf_counter() - t0)
             bar.set_postfix(images=images, img_s=f"{rate:.1f}")
 
@@ -249,6 +259,3 @@ def execute(
                 bar=bar,
                 on_result=on_result,
             )
-    finally:
-        if started:
-            ray.shutdown()

@@ -13,11 +13,7 @@ the writer's buffer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,24 +108,6 @@ class ShardParquetWriter:
         self.close()
 
 
-@contextlib.contextmanager
-def local_copy(url: str) -> Iterator[str]:
-    """A local path holding the object at ``url`` (a download for s3, the file itself
-    otherwise). Why download: Parquet readers seek to the footer; the S3 stream does not."""
-    loc = storage.parse_url(url)
-    if loc.scheme == "file":
-        yield loc.path
-        return
-    fd, tmp = tempfile.mkstemp(prefix="oscar-", suffix=".parquet")
-    try:
-        with os.fdopen(fd, "wb") as out, storage.open_read(url) as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-        yield tmp
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
 def check_schema(schema: pa.Schema, url: str) -> None:
     """Raise ValueError unless ``schema`` has every column of ours with the same type."""
     for name in COLUMNS:
@@ -147,7 +125,7 @@ def iter_row_batches(
     url: str, columns: list[str] | None = None, batch_rows: int = 256
 ) -> Iterator[list[dict[str, Any]]]:
     """Stream a shard Parquet as lists of row dicts (bounded memory: ``batch_rows`` rows)."""
-    with local_copy(url) as path:
+    with storage.local_copy(url) as path:  # Parquet readers seek to the footer
         pf = pq.ParquetFile(path)
         check_schema(pf.schema_arrow, url)
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
@@ -156,7 +134,7 @@ def iter_row_batches(
 
 def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
     """A whole shard Parquet as a pyarrow Table (for tests, reports and small shards)."""
-    with local_copy(url) as path:
+    with storage.local_copy(url) as path:  # Parquet readers seek to the footer
         table = pq.read_table(path, columns=columns)
     if columns is None:
         check_schema(table.schema, url)

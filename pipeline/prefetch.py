@@ -1,7 +1,11 @@
-"""The read-ahead inside ``ShardWorker.encode_shard`` (``pipeline.worker``): a daemon thread
-streams and decodes the tar while the caller's thread runs the model, handing chunks over a
-bounded queue (at most ``depth`` ahead, so memory stays flat). Split from ``worker.py``,
-which re-exports ``_Prefetch``.
+"""Read-ahead: run a generator in a daemon thread, consume its items in this one.
+
+``Prefetch(produce, depth)`` is a concurrency stage of its own, apart from what it
+produces: the queue between the two threads is bounded (the producer runs at most
+``depth`` items ahead, so memory stays flat), an exception in the producer is re-raised in
+the consumer, and leaving the ``with`` early stops the producer. ``ShardWorker.encode_shard``
+uses it so that streaming and decoding the tar (Pillow releases the GIL) overlaps the model
+(torch releases it too).
 """
 
 from __future__ import annotations
@@ -13,18 +17,20 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-log = logging.getLogger("pipeline.worker")  # the worker's logger, as before the split
+log = logging.getLogger(__name__)
 
 
 class _Failure:
+    """What the producer thread hands over when it raised: the consumer re-raises ``exc``."""
+
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
 
-_DONE = object()
+_DONE = object()  # the producer finished: the end of the items
 
 
-class _Prefetch:
+class Prefetch:
     """Run ``produce()`` (an iterator) in a daemon thread; iterate its items here.
 
     The queue is bounded, so the producer runs at most ``depth`` items ahead. An exception in
@@ -56,7 +62,7 @@ class _Prefetch:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
             self._put(_Failure(exc))
 
-    def __enter__(self) -> _Prefetch:
+    def __enter__(self) -> Prefetch:
         self._thread.start()
         return self
 

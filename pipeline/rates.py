@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from oscar_core import Rate, RateLadder
 
 from . import storage
+from .storage_base import parse_url
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class RateRule:
 
 def shard_name(url: str) -> str:
     """The file name of a shard URL (``s3://b/in/000001.tar`` -> ``000001.tar``)."""
-    return posixpath.basename(storage.parse_url(url).key.rstrip("/"))
+    return posixpath.basename(parse_url(url).key.rstrip("/"))
 
 
 def _is_glob(pattern: str) -> bool:

@@ -23,62 +23,24 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from oscar_core.metrics import ms_ssim, psnr
 
 from . import storage
-from .dispatch import Resources, check_resources, connect_ray, plan_actors, run_tasks
+from .contract import EncodeJob, QualityTask, Resources, ShardQuality, WorkerConfig
+from .dispatch import check_resources, execute, ray_session
 from .parquet import read_table
-from .recompress_report import (  # noqa: F401 - re-exported: the printing moved there
-    TABLE_HEADERS,
-    format_table,
-    human_bytes,
-    report_markdown,
-    table_rows,
-)
-from .report import STATS_SUFFIX, now_iso, read_stats, write_json
-from .runner import JOB_CONFIG, EncodeJob, join, run_encode
+from .report import STATS_SUFFIX, now_iso, read_json, read_stats, recompress_markdown, write_json
+from .runner import JOB_CONFIG, join, run_encode
 from .samples import IMAGE_EXTS, SampleError, decode_image, group_by_key, tar_members
-from .worker import ShardWorker, WorkerConfig
+from .storage_base import StorageError
+from .worker import ShardWorker
 
 log = logging.getLogger(__name__)
 
 REPORT_STEM = "recompress_report"
 DEFAULT_QUALITY_SAMPLE = 4
-PSNR_CAP_DB = 100.0
-
-
-# ------------------------------------------------------------------------- metrics
-
-
-def psnr(ref: np.ndarray, test: np.ndarray) -> float:
-    """PSNR in dB over all pixels and channels, peak 255; capped at 100 dB (identical),
-    so that the JSON report stays standard JSON."""
-    mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
-    return PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10 * math.log10(255.0**2 / mse))
-
-
-def ms_ssim(ref: np.ndarray, test: np.ndarray) -> float | None:
-    """MS-SSIM on RGB, data range 255, 5 scales; None without ``pytorch_msssim``.
-
-    The standard 11-tap window needs the smaller side > 160 px; smaller images use the
-    largest odd window that fits (down to 3 taps, side > 32; not comparable with standard
-    MS-SSIM), and below 33 px the value is NaN.
-    """
-    try:
-        import torch
-        from pytorch_msssim import ms_ssim as _ms_ssim
-    except ImportError:
-        return None
-    side = min(ref.shape[:2])
-    win = next((w for w in (11, 9, 7, 5, 3) if side > (w - 1) * 16), None)
-    if win is None:
-        return math.nan
-    x = torch.from_numpy(np.array(ref)).permute(2, 0, 1)[None].float()
-    y = torch.from_numpy(np.array(test)).permute(2, 0, 1)[None].float()
-    return float(_ms_ssim(x, y, data_range=255.0, win_size=win))
 
 
 def pick_evenly(n_items: int, k: int) -> list[int]:
@@ -91,23 +53,6 @@ def pick_evenly(n_items: int, k: int) -> list[int]:
 
 
 # ----------------------------------------------------------------- quality workers
-
-
-@dataclass(frozen=True)
-class QualityTask:
-    shard: str  # the source tar
-    name: str
-    parquet: str
-    sample: int  # images to compare
-    attempt: int = 1
-
-
-@dataclass
-class ShardQuality:
-    name: str
-    samples: list[dict[str, Any]] = field(default_factory=list)  # key, psnr, ms_ssim, bpp
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
-    seconds: float = 0.0
 
 
 class QualityWorker(ShardWorker):
@@ -144,7 +89,7 @@ class QualityWorker(ShardWorker):
                     "height": h,
                     "bpp": 8 * len(row["bitstream"]) / (w * h),
                     "psnr": psnr(source, image),
-                    "ms_ssim": ms_ssim(source, image),
+                    "ms_ssim": ms_ssim(source, image) if _has_msssim() else None,
                 }
             )
         result.seconds = time.perf_counter() - t0
@@ -186,26 +131,16 @@ def measure_quality(
 ) -> tuple[dict[str, ShardQuality], list[tuple[QualityTask, str]]]:
     """Run ``QualityWorker.quality_shard`` over the tasks on Ray (connected by the caller
     or here); returns ({name: quality}, failures)."""
-    import ray
-    from tqdm import tqdm
-
-    started = connect_ray(res.address)
-    try:
-        n, options, threads = plan_actors(res, len(tasks))
-        actor_cls = ray.remote(**options)(QualityWorker)
-        wconf = WorkerConfig(config.model_dir, batch_size=config.batch_size, threads=threads)
-        results, failures, _ = run_tasks(
-            tasks,
-            method="quality_shard",
-            make_actor=lambda: actor_cls.remote(wconf),
-            n_actors=n,
-            max_retries=max_retries,
-            backoff_s=1.0,
-            bar=tqdm(total=len(tasks), unit="shard", desc="quality", disable=True),
-        )
-    finally:
-        if started:
-            ray.shutdown()
+    results, failures, _ = execute(
+        tasks,
+        "quality_shard",
+        config,
+        res,
+        max_retries=max_retries,
+        backoff_s=1.0,
+        progress=False,
+        actor_class=QualityWorker,
+    )
     return {q.name: q for q in results}, failures
 
 
@@ -229,10 +164,9 @@ def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE)
     t0 = time.perf_counter()
     res = job.resources or Resources()
     check_resources(res)  # before Ray starts (run_encode checks the rest)
-    started = connect_ray(res.address)  # one Ray for both passes
-    try:
+    with ray_session(res.address):  # one Ray for both passes
         encode = run_encode(job)
-        config = _read_config(job.out)
+        config = read_json(join(job.out, JOB_CONFIG))
         listing = set(storage.list_prefix(join(job.out, "")))
         done = [s for s in config["shards"] if join(job.out, s["name"] + STATS_SUFFIX) in listing]
         with ThreadPoolExecutor(16) as pool:  # small GETs and HEADs: latency bound
@@ -256,11 +190,6 @@ def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE)
             )
             if tasks:
                 quality, quality_failed = measure_quality(tasks, wconf, res)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     rows = []
     for s, st, tb, pb in zip(done, stats, tar_bytes, pq_bytes, strict=True):
         q = quality.get(s["name"])
@@ -322,20 +251,14 @@ def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE)
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(join(job.out, REPORT_STEM + ".json"), report)
-    storage.atomic_put(join(job.out, REPORT_STEM + ".md"), report_markdown(report).encode())
+    storage.atomic_put(join(job.out, REPORT_STEM + ".md"), recompress_markdown(report).encode())
     return report
-
-
-def _read_config(out: str) -> dict[str, Any]:
-    from .report import read_json
-
-    return read_json(join(out, JOB_CONFIG))
 
 
 def _size(url: str) -> int | None:
     try:
         return storage.size(url)
-    except storage.StorageError as exc:  # a report detail: the shard may have moved
+    except StorageError as exc:  # a report detail: the shard may have moved
         log.warning("%s", exc)
         return None
 

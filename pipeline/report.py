@@ -1,9 +1,11 @@
-"""What a job tells its user: per-shard stats JSON (the done marker) and the job report.
+"""What a job tells its user: per-shard stats JSON (the done marker) and the job reports.
 
-``ShardResult`` is what ``ShardWorker.encode_shard`` returns and what is written, last, as
-``<name>.stats.json`` next to the shard's Parquet: its existence means the shard is done.
-``DecodeResult`` is the same for ``decode_shard``. The job report sums them (JSON for tools,
-markdown for people).
+A ``ShardResult`` (``contract.py``) is what ``ShardWorker.encode_shard`` returns and what is
+written, last, as ``<name>.stats.json`` next to the shard's Parquet: its existence means the
+shard is done. The job report of encode-shards / decode-shards sums the shard results, the
+recompress report adds bytes before/after and quality; each is written as JSON for tools
+and markdown for people, and recompress's per-shard table is also printed as plain text
+(byte counts in decimal units).
 """
 
 from __future__ import annotations
@@ -11,75 +13,17 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from . import storage
+from .contract import MAX_ERROR_KINDS, DecodeResult, ShardResult
 
 STATS_SUFFIX = ".stats.json"
 FAILED_SUFFIX = ".failed.json"
-MAX_ERROR_KINDS = 20  # distinct error messages kept per shard (the rows hold them all)
 
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-@dataclass
-class ShardResult:
-    """One encoded shard. Sizes are bytes; times are seconds."""
-
-    shard: str  # input URL
-    name: str  # output name (file stem)
-    parquet: str  # output URL
-    rate_index: int
-    nominal_bpp: float
-    samples: int = 0  # rows written (ok + error)
-    ok: int = 0
-    errors: int = 0
-    source_bytes: int = 0  # image fields of the ok samples
-    bitstream_bytes: int = 0
-    pixels: int = 0  # sum of width * height of the ok samples
-    seconds: float = 0.0  # wall time of the whole shard (read, decode, code, write)
-    model_seconds: float = 0.0  # time inside Codec.compress
-    wait_seconds: float = 0.0  # time the model waited for decoded samples (I/O bound if high)
-    attempt: int = 1
-    model_id: str = ""
-    codec_version: str = ""
-    worker: dict[str, Any] = field(default_factory=dict)
-    error_kinds: dict[str, int] = field(default_factory=dict)  # message -> count
-    finished_at: str = ""
-
-    def count_error(self, message: str) -> None:
-        self.errors += 1
-        kind = message.split(":")[0] if len(self.error_kinds) >= MAX_ERROR_KINDS else message
-        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ShardResult:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass
-class DecodeResult:
-    """One decoded Parquet: how many rows became images, and which could not."""
-
-    parquet: str
-    name: str
-    output: str  # a tar URL, or a directory URL for --as-files
-    rows: int = 0
-    decoded: int = 0
-    skipped_error_rows: int = 0  # rows that were already errors at encode time
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
-    bytes_out: int = 0
-    seconds: float = 0.0
-    model_seconds: float = 0.0
-    attempt: int = 1
-    worker: dict[str, Any] = field(default_factory=dict)
 
 
 def write_json(url: str, obj: Any) -> None:
@@ -181,3 +125,100 @@ def write_job_report(out: str, report: dict[str, Any], stem: str = "job_report")
     write_json(base + ".json", report)
     storage.atomic_put(base + ".md", report_markdown(report).encode())
     return base + ".json"
+
+
+# ---------------------------------------------------------------- recompress report
+
+
+def human_bytes(n: int | None) -> str:
+    """1234567 -> "1.23 MB" (decimal units, 3 significant digits)."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
+
+
+def _num(v: Any, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+TABLE_HEADERS = [
+    "shard",
+    "rate",
+    "images",
+    "errors",
+    "tar",
+    "parquet",
+    "images",
+    "bitstreams",
+    "ratio",
+    "bpp",
+    "PSNR dB",
+    "MS-SSIM",
+    "n",
+]
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per shard, then the total row (strings, ready to print)."""
+
+    def row(name: str, r: dict[str, Any]) -> list[str]:
+        return [
+            name,
+            str(r.get("rate", "")),
+            str(r["images"]),
+            str(r["errors"]),
+            human_bytes(r["tar_bytes"]),
+            human_bytes(r["parquet_bytes"]),
+            human_bytes(r["image_bytes"]),
+            human_bytes(r["bitstream_bytes"]),
+            _num(r["ratio"], ".1f"),
+            _num(r["bpp"], ".4f"),
+            _num(r["psnr"], ".2f"),
+            _num(r["ms_ssim"], ".4f"),
+            str(r["quality_n"]),
+        ]
+
+    return [row(r["shard"], r) for r in report["per_shard"]] + [row("total", report["totals"])]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The per-shard table as aligned plain text (what the command prints)."""
+    rows = [TABLE_HEADERS, *table_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADERS))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def recompress_markdown(report: dict[str, Any]) -> str:
+    """The recompress report for people: totals, the per-shard table, failures."""
+    t = report["totals"]
+    lines = ["# recompress report", "", f"- output: `{report['out']}`"]
+    lines += [f"- finished {report['finished_at']}, {report['wall_seconds']} s"]
+    lines += [
+        f"- {t['shards']} shards, {t['images']} images ({t['errors']} errors): "
+        f"{human_bytes(t['tar_bytes'])} of tars -> {human_bytes(t['parquet_bytes'])} of Parquet "
+        f"(saved {human_bytes(t['saved_bytes'])}); image fields {human_bytes(t['image_bytes'])} -> "
+        f"bitstreams {human_bytes(t['bitstream_bytes'])} (ratio {t['ratio']}), {t['bpp']} bpp"
+    ]
+    lines += [
+        f"- quality on {t['quality_n']} sampled images ({report['quality_sample']} per shard, "
+        f"spread evenly): PSNR {t['psnr']} dB, MS-SSIM {t['ms_ssim']}"
+        + ("" if report["ms_ssim_available"] else " (pytorch_msssim not installed)"),
+        "",
+    ]
+    lines += _md_table(TABLE_HEADERS, table_rows(report))
+    if report["quality_failures"]:
+        lines += ["", "## Quality samples that could not be compared", ""]
+        lines += _md_table(["shard", "key", "why"], report["quality_failures"])
+    if report["failed"]:
+        lines += ["", "## Failed shards (not in the table)", ""]
+        lines += [f"- {n} after {a} attempts: {e}" for n, a, e in report["failed"]]
+    return "\n".join(lines) + "\n"

@@ -27,18 +27,26 @@ import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from oscar_core import CODEC_VERSION, OscarConfig, OscarModel
 
 from . import storage
-from .dispatch import Resources, check_resources, execute
+from .contract import (
+    DecodeJob,
+    DecodeTask,
+    EncodeJob,
+    EncodeTask,
+    Resources,
+    ShardResult,
+    WorkerConfig,
+)
+from .dispatch import check_resources, execute
 from .rates import RatePlan, shard_name
 from .report import (
     FAILED_SUFFIX,
     STATS_SUFFIX,
-    ShardResult,
     decode_summary,
     encode_summary,
     now_iso,
@@ -47,48 +55,12 @@ from .report import (
     write_job_report,
     write_json,
 )
-from .samples import DEFAULT_MAX_PIXELS
 from .sinks import FORMATS
-from .worker import DecodeTask, EncodeTask, WorkerConfig
 
 log = logging.getLogger(__name__)
 
 JOB_CONFIG = "job_config.json"
 _SHARD_EXT = re.compile(r"\.(tar(\.(gz|bz2|xz|zst))?|tgz|parquet)$")
-
-
-@dataclass
-class EncodeJob:
-    src: str  # shard spec: brace range, glob, .txt list (local or s3)
-    out: str
-    model_dir: str
-    rate: str | None = None
-    rates_file: str | None = None
-    batch_size: int = 8
-    max_retries: int = 3
-    backoff_s: float = 1.0  # first retry delay; doubles per attempt
-    overwrite: bool = False
-    limit: int | None = None  # process at most this many pending shards in this run
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    resources: Resources | None = None
-    progress: bool = True
-    precision: str = "fp32"  # "bf16": the workers' codec autocasts its heavy stages
-
-
-@dataclass
-class DecodeJob:
-    parquets: list[str]  # specs, each expanded like shard specs
-    out: str
-    model_dir: str
-    format: str = "png"
-    as_files: bool = False
-    batch_size: int = 8
-    max_retries: int = 3
-    backoff_s: float = 1.0
-    max_pixels: int = DEFAULT_MAX_PIXELS  # a stream declaring more is a failed row
-    resources: Resources | None = None
-    progress: bool = True
-    precision: str = "fp32"
 
 
 def join(out: str, name: str) -> str:
@@ -217,7 +189,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
             name=names[u],
             parquet_url=join(job.out, names[u] + ".parquet"),
             stats_url=join(job.out, names[u] + STATS_SUFFIX),
-            rate_index=rates[u].index,
+            rate=rates[u],
         )
         for u in todo
     ]

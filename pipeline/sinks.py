@@ -8,8 +8,9 @@ key ``x``, and the user can fix a key they can see in the report.
 
 Both sinks take ``add(key, {ext: bytes})`` and write ``<key>.<ext>`` entries:
 
-* ``TarSink``: one tar per decoded Parquet, written to a local temp file, then published
-  with ``storage.atomic_put_file`` (a reader never sees half a shard);
+* ``TarSink``: one tar per decoded Parquet, written with webdataset's ``TarWriter`` to a
+  local temp file, then published with ``storage.atomic_put_file`` (a reader never sees
+  half a shard);
 * ``FileSink``: one file per entry under ``<out>/<name>/`` (local or s3); locally, the
   resolved path is checked to stay under the root even through symlinks.
 """
@@ -19,11 +20,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tarfile
 import tempfile
 
 import numpy as np
 from PIL import Image
+from webdataset import TarWriter
 
 from . import storage
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}  # --format -> Pillow format
 MAX_KEY_CHARS = 1024
 MAX_COMPONENT_BYTES = 255  # the usual filesystem name limit
+WDS_KEY = "__key__"  # the sample key in a webdataset dict
 
 
 class UnsafeKey(ValueError):
@@ -108,32 +110,45 @@ class _Sink:
 
 
 class TarSink(_Sink):
-    """A WebDataset shard at ``url``: members ``<key>.<ext>``, grouped by key, in order."""
+    """A WebDataset shard at ``url``: members ``<key>.<ext>``, grouped by key, in order.
+
+    Written with webdataset's ``TarWriter`` (PAX headers, so long keys fit) to a local temp
+    file, one ``write`` per field: ``TarWriter`` sorts a sample's fields, and we keep the
+    image first, then the carried fields in their original order. Reproducible: mtime 0,
+    mode 0644, no owner names.
+    """
 
     def __init__(self, url: str) -> None:
         super().__init__()
         self.url = url
         fd, self._tmp = tempfile.mkstemp(prefix="oscar-sink-", suffix=".tar")
         os.close(fd)
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
+        self._writer = TarWriter(
+            self._tmp, encoder=False, keep_meta=True, mode=0o644, mtime=0, user="", group=""
+        )
+        self._open = True
 
     def add(self, key: str, files: dict[str, bytes]) -> None:
+        if WDS_KEY in files:
+            raise UnsafeKey(f"field extension {WDS_KEY!r} is reserved by WebDataset")
         for name, data in self._entries(key, files):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible shards
-            self._tar.addfile(info, io.BytesIO(data))
+            self._writer.write({WDS_KEY: key, name[len(key) + 1 :]: data})
 
     def close(self) -> None:
         """Finish the tar and publish it atomically; the temp file is always removed."""
         try:
-            self._tar.close()
+            self._finish()
             storage.atomic_put_file(self.url, self._tmp)
         finally:
             self.abort()
 
+    def _finish(self) -> None:
+        if self._open:
+            self._open = False
+            self._writer.close()
+
     def abort(self) -> None:
-        if not self._tar.closed:
-            self._tar.close()
+        self._finish()
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
 
@@ -144,27 +159,17 @@ class FileSink(_Sink):
     def __init__(self, root: str) -> None:
         super().__init__()
         self.root = root.rstrip("/")
-        self._loc = storage.parse_url(self.root)
-        if self._loc.scheme == "file":
-            os.makedirs(self._loc.path, exist_ok=True)
-            self._real_root = os.path.realpath(self._loc.path)
+        self._store = storage.storage_for(self.root)
 
     def add(self, key: str, files: dict[str, bytes]) -> None:
-        entries = self._entries(key, files)
-        for name, data in entries:
-            if self._loc.scheme == "file":
-                path = os.path.join(self._loc.path, *name.split("/"))
-                self._check_contained(path, key)
-                storage.put_bytes(path, data)
-            else:
-                storage.put_bytes(f"{self.root}/{name}", data)
-
-    def _check_contained(self, path: str, key: str) -> None:
-        # Defence in depth: safe_key already forbids "..", but a symlinked directory inside
-        # the output could still point elsewhere.
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, self._real_root]) != self._real_root:
-            raise UnsafeKey(f"key {key!r} resolves outside the output directory ({real})")
+        for name, data in self._entries(key, files):
+            url = f"{self.root}/{name}"
+            # Defence in depth: safe_key already forbids "..", but a symlinked directory
+            # inside a local output could still point elsewhere.
+            real = self._store.escapes(self.root, url)
+            if real is not None:
+                raise UnsafeKey(f"key {key!r} resolves outside the output directory ({real})")
+            self._store.put_bytes(url, data)
 
     def close(self) -> None:
         """Nothing to publish: each file was written whole."""

@@ -1,28 +1,41 @@
-"""The S3 side of ``pipeline.storage``: the process-wide boto3 client, botocore errors as
-``StorageError``, prefix listings, the streaming body behind ``open_read`` and the
-temp-key-then-copy publish behind ``atomic_put``.
+"""The S3 backend of ``Storage`` (``s3://bucket/key``), on boto3.
 
-``pipeline.storage`` re-exports ``StorageError``, ``s3_client`` and ``reset_s3_client``; job
-code imports them from there.  Credentials come from boto3's default chain and are never
-logged.
+One process-wide boto3 client (``s3_client``; rebuilt after fork, thread-safe). Endpoint
+(``AWS_ENDPOINT_URL``), region and credentials come from boto3's default chain and are never
+logged. Botocore's adaptive retry mode retries throttling (503 SlowDown), 5xx and dropped
+connections with exponential backoff, up to ``OSCAR_S3_MAX_ATTEMPTS`` (default 5) attempts.
+Errors become ``StorageError(url, reason, code)``: the S3 error code, with a hint for the
+codes a user can fix (missing bucket, denied access, bad credentials).
+
+Why boto3 and not ``pyarrow.fs.S3FileSystem`` (measured with ``oscar bench --sections 8``,
+see docs/pipeline.md): pyarrow's input stream issues one ranged GET per ``read()`` unless
+buffered, and buffered it read at 0.4-0.7x of this backend; its errors are message strings,
+with no error code to map to our hints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import hashlib
 import io
+import logging
 import os
+import re
+import shutil
+import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, cast
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-if TYPE_CHECKING:
-    from .storage import Location
+from .storage_base import Storage, StorageError, parse_url
+
+log = logging.getLogger(__name__)
 
 # Friendly explanations for the S3 error codes a user can fix themselves.
 _DENIED = "access denied (check the bucket policy / user permissions)"
@@ -33,21 +46,9 @@ _HINTS = {
     "InvalidAccessKeyId": "bad credentials: the server does not know this access key",
     "SignatureDoesNotMatch": "bad credentials: the secret key does not match",
 }
-
-
-class StorageError(OSError):
-    """A storage operation failed; ``url`` names the object, ``reason`` says why."""
-
-    def __init__(self, url: str, reason: str, code: str | None = None) -> None:
-        super().__init__(f"{url}: {reason}")
-        self.url = url
-        self.reason = reason
-        self.code = code
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # OSError pickles its args positionally; keep all fields for Ray / multiprocessing.
-        return (type(self), (self.url, self.reason, self.code))
-
+_MISSING = ("404", "NoSuchKey", "NoSuchBucket")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_READ_BUFFER = 1 << 20
 
 # --------------------------------------------------------------------------- S3 client
 
@@ -58,9 +59,8 @@ _client: tuple[int, Any] | None = None  # (pid, client): a forked child must bui
 def s3_client() -> Any:
     """The process-wide boto3 S3 client (thread-safe; rebuilt after fork).
 
-    Endpoint (``AWS_ENDPOINT_URL``), region and credentials come from boto3's standard
-    environment/config chain.  Adaptive retries absorb throttling (503 SlowDown) from the
-    store when many workers hit it at once.
+    Adaptive retries absorb throttling (503 SlowDown) from the store when many workers hit
+    it at once.
     """
     global _client
     with _client_lock:
@@ -85,7 +85,7 @@ def reset_s3_client() -> None:
 
 
 @contextlib.contextmanager
-def _s3_errors(url: str, action: str) -> Iterator[None]:
+def _errors(url: str, action: str) -> Iterator[None]:
     """Translate botocore errors into StorageError naming the URL."""
     try:
         yield
@@ -99,31 +99,20 @@ def _s3_errors(url: str, action: str) -> Iterator[None]:
         raise StorageError(url, f"{action} failed: {e}", type(e).__name__) from e
 
 
-# --------------------------------------------------------------------- listing, reads
+def _split(url: str) -> tuple[str, str]:
+    loc = parse_url(url)
+    return loc.bucket, loc.key
 
 
-def _s3_listing(bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+def _listing(bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
     """The ``list_objects_v2`` entry of every object under ``prefix`` (all pages)."""
-    with _s3_errors(f"s3://{bucket}/{prefix}", "list"):
+    with _errors(f"s3://{bucket}/{prefix}", "list"):
         pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for page in pages:
             yield from page.get("Contents", [])
 
 
-def _s3_keys(bucket: str, prefix: str) -> Iterator[str]:
-    for obj in _s3_listing(bucket, prefix):
-        yield obj["Key"]
-
-
-def _s3_objects(bucket: str, prefix: str) -> list[tuple[str, str, int]]:
-    """(key, ETag, size) of every object under ``prefix``, sorted by key."""
-    return sorted(
-        (obj["Key"], str(obj.get("ETag", "")), int(obj.get("Size", 0)))
-        for obj in _s3_listing(bucket, prefix)
-    )
-
-
-class _S3Body(io.RawIOBase):
+class _Body(io.RawIOBase):
     """The ``get_object()["Body"]`` stream as a standard raw file.
 
     Why not return the StreamingBody itself: its ``__enter__`` hands out the bare urllib3
@@ -139,7 +128,7 @@ class _S3Body(io.RawIOBase):
         return True
 
     def readinto(self, b: Any) -> int:
-        with _s3_errors(self._url, "read"):
+        with _errors(self._url, "read"):
             return self._body.readinto(b)
 
     def close(self) -> None:
@@ -148,23 +137,164 @@ class _S3Body(io.RawIOBase):
         super().close()
 
 
-# ---------------------------------------------------------------- atomic publish
+class S3Storage(Storage):
+    """Objects in an S3-compatible store."""
 
+    def open_read(self, url: str) -> BinaryIO:
+        """The HTTP body is read as consumed through a 1 MiB buffer."""
+        bucket, key = _split(url)
+        with _errors(url, "open"):
+            body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        return cast(BinaryIO, io.BufferedReader(_Body(url, body), buffer_size=_READ_BUFFER))
 
-def _s3_atomic(loc: Location, url: str, upload: Any) -> None:
-    """Upload to ``<key>.tmp-<uuid>``, server-side copy to the key, delete the temp.
+    @contextlib.contextmanager
+    def local_copy(self, url: str) -> Iterator[str]:
+        fd, tmp = tempfile.mkstemp(prefix="oscar-", suffix="-" + os.path.basename(url))
+        try:
+            with os.fdopen(fd, "wb") as out, self.open_read(url) as src:
+                shutil.copyfileobj(src, out, _READ_BUFFER)
+            yield tmp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
 
-    The final key only ever holds a complete object whatever the upload path (single PUT
-    or multipart); a crashed writer leaves a ``.tmp-`` key, never a truncated result.
-    """
-    client = s3_client()
-    tmp_key = f"{loc.key}.tmp-{uuid.uuid4().hex}"
-    try:
-        with _s3_errors(url, "upload"):
-            upload(client, tmp_key)
-        with _s3_errors(url, "publish (copy)"):
-            # Managed copy: a single CopyObject, or multipart copy above 5 GB.
-            client.copy({"Bucket": loc.bucket, "Key": tmp_key}, loc.bucket, loc.key)
-    finally:
-        with contextlib.suppress(ClientError, BotoCoreError):
-            client.delete_object(Bucket=loc.bucket, Key=tmp_key)
+    def exists(self, url: str) -> bool:
+        bucket, key = _split(url)
+        try:
+            with _errors(url, "head"):
+                s3_client().head_object(Bucket=bucket, Key=key)
+        except StorageError as e:
+            if e.code in _MISSING:
+                return False
+            raise
+        return True
+
+    def size(self, url: str) -> int:
+        bucket, key = _split(url)
+        with _errors(url, "head"):
+            return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+
+    def list_prefix(self, url: str) -> list[str]:
+        bucket, prefix = _split(url)
+        return sorted(f"s3://{bucket}/{o['Key']}" for o in _listing(bucket, prefix))
+
+    def glob(self, pattern: str) -> list[str]:
+        """Match keys like the shell: ``*`` and ``?`` never cross a ``/``."""
+        bucket, key = _split(pattern)
+        first_glob = _GLOB_CHARS.search(key)
+        prefix = key[: first_glob.start()] if first_glob else key  # list as little as we can
+        parts = key.split("/")
+        out = []
+        for obj in _listing(bucket, prefix):
+            kparts = obj["Key"].split("/")
+            if len(kparts) == len(parts) and all(map(fnmatch.fnmatchcase, kparts, parts)):
+                out.append(f"s3://{bucket}/{obj['Key']}")
+        return out
+
+    def put_bytes(self, url: str, data: bytes) -> None:
+        bucket, key = _split(url)
+        with _errors(url, "put"):
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+
+    def atomic_put(self, url: str, data: bytes) -> None:
+        bucket, _ = _split(url)
+        self._publish(url, lambda c, k: c.put_object(Bucket=bucket, Key=k, Body=data))
+
+    def atomic_put_file(self, url: str, local_path: str) -> None:
+        bucket, _ = _split(url)
+        self._publish(url, lambda c, k: c.upload_file(local_path, bucket, k))
+
+    def _publish(self, url: str, upload: Callable[[Any, str], object]) -> None:
+        """Upload to ``<key>.tmp-<uuid>``, server-side copy to the key, delete the temp.
+
+        The final key only ever holds a complete object whatever the upload path (single
+        PUT or multipart); a crashed writer leaves a ``.tmp-`` key, never a truncated result.
+        """
+        bucket, key = _split(url)
+        client = s3_client()
+        tmp_key = f"{key}.tmp-{uuid.uuid4().hex}"
+        try:
+            with _errors(url, "upload"):
+                upload(client, tmp_key)
+            with _errors(url, "publish (copy)"):
+                # Managed copy: a single CopyObject, or multipart copy above 5 GB.
+                client.copy({"Bucket": bucket, "Key": tmp_key}, bucket, key)
+        finally:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                client.delete_object(Bucket=bucket, Key=tmp_key)
+
+    def delete(self, url: str) -> None:
+        bucket, key = _split(url)
+        with _errors(url, "delete"):
+            s3_client().delete_object(Bucket=bucket, Key=key)
+
+    def stale_temps(self, url: str) -> list[str]:
+        """``<key>.tmp-<uuid>`` objects (what ``_publish`` leaves)."""
+        return self.list_prefix(f"{url}.tmp-")
+
+    def check_writable(self, url: str) -> None:
+        """Write and delete a probe object: catches a missing bucket, denied access, bad
+        credentials and an unreachable endpoint alike."""
+        bucket, key = _split(url)
+        probe = f".oscar-write-probe-{uuid.uuid4().hex}"
+        key = key + probe if not key or key.endswith("/") else f"{key}/{probe}"
+        with _errors(url, "write check"):
+            s3_client().put_object(Bucket=bucket, Key=key, Body=b"probe")
+            s3_client().delete_object(Bucket=bucket, Key=key)
+
+    def escapes(self, root: str, url: str) -> str | None:
+        return None
+
+    def local_model_dir(self, url: str, cache_root: str) -> str:
+        """Every object under ``prefix/`` is downloaded once per node into
+        ``<cache_root>/<last part>-<digest>/``, where the digest covers the URL and each
+        object's key, ETag and size: a re-uploaded model gets a new directory, an unchanged
+        one is reused without a download (one listing per call). Concurrent callers
+        (several actors on one node) each download to a temp directory and the first
+        rename wins. Keys are checked like untrusted paths (no ``..``).
+        """
+        bucket, key = _split(url)
+        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+        objects = sorted(
+            (o["Key"], str(o.get("ETag", "")), int(o.get("Size", 0)))
+            for o in _listing(bucket, prefix)
+            if not o["Key"].endswith("/")
+        )
+        if not objects:
+            raise StorageError(url, "no model here (no objects under this prefix)")
+        digest = hashlib.sha256(url.encode())
+        for obj_key, etag, size in objects:
+            digest.update(f"\0{obj_key}\0{etag}\0{size}".encode())
+        name = (key.rstrip("/").rsplit("/", 1)[-1] or bucket) + "-" + digest.hexdigest()[:16]
+        target = os.path.join(cache_root, name)
+        if os.path.isfile(os.path.join(target, ".complete")):
+            return target
+        try:
+            os.makedirs(cache_root, exist_ok=True)
+            tmp = tempfile.mkdtemp(dir=cache_root, prefix=f".{name}.tmp-")
+        except OSError as e:
+            reason = f"create model cache failed: {e.strerror or e}"
+            raise StorageError(cache_root, reason, type(e).__name__) from e
+        try:
+            for obj_key, _etag, _size in objects:
+                rel = obj_key[len(prefix) :]
+                parts = rel.split("/")
+                if any(p in ("", ".", "..") for p in parts) or "\\" in rel:
+                    raise StorageError(
+                        f"s3://{bucket}/{obj_key}", "unsafe key in a model directory"
+                    )
+                dest = os.path.join(tmp, *parts)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                with _errors(f"s3://{bucket}/{obj_key}", "download"):
+                    s3_client().download_file(bucket, obj_key, dest)
+            open(os.path.join(tmp, ".complete"), "wb").close()
+            try:
+                os.rename(tmp, target)  # atomic; fails if another caller got there first
+            except OSError:
+                if not os.path.isfile(os.path.join(target, ".complete")):
+                    raise
+            else:
+                log.info("downloaded model %s to %s", url, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target

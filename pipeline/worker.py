@@ -10,7 +10,7 @@ Inside ``encode_shard`` two things overlap: a background thread streams the tar 
 storage and decodes images (Pillow releases the GIL), handing chunks over a bounded queue,
 while the caller's thread runs the model (torch releases the GIL too). The queue holds at
 most ``prefetch_chunks`` chunks, so memory stays flat whatever the shard size (the
-read-ahead is ``_Prefetch`` in ``prefetch.py``).
+read-ahead is ``prefetch.Prefetch``).
 
 Failure rules: a bad sample is an error row; an image the codec rejects (ValueError) or
 cannot fit in memory is an error row; anything else (storage, a broken device) fails the
@@ -28,7 +28,6 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,51 +36,14 @@ from PIL import Image
 from oscar_core import CODEC_VERSION, BitstreamError, Codec, Rate
 
 from . import storage
+from .contract import DecodeResult, DecodeTask, EncodeTask, ShardResult, WorkerConfig
 from .parquet import ShardParquetWriter, iter_row_batches
-from .prefetch import _DONE, _Failure, _Prefetch  # noqa: F401 - moved there, re-exported
-from .report import DecodeResult, ShardResult, now_iso, write_stats
-from .samples import (
-    DEFAULT_MAX_MEMBER_BYTES,
-    DEFAULT_MAX_PIXELS,
-    Sample,
-    read_samples,
-    restore_field,
-)
+from .prefetch import Prefetch
+from .report import now_iso, write_stats
+from .samples import Sample, read_samples, restore_field
 from .sinks import FORMATS, UnsafeKey, encode_image, open_sink, safe_key
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    model_dir: str
-    batch_size: int = 8  # images per model call (same size only)
-    threads: int = 1  # torch intra-op threads of this actor
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
-    chunk_batches: int = 8  # a chunk of batch_size * chunk_batches samples is grouped by size
-    prefetch_chunks: int = 2  # decoded chunks waiting in the queue
-    precision: str = "fp32"  # or "bf16": autocast of the heavy stages (oscar_core/precision.py)
-
-
-@dataclass(frozen=True)
-class EncodeTask:
-    shard: str  # input tar URL
-    name: str  # output stem
-    parquet_url: str
-    stats_url: str
-    rate_index: int
-    attempt: int = 1
-
-
-@dataclass(frozen=True)
-class DecodeTask:
-    parquet: str
-    name: str
-    output: str  # tar URL, or a directory URL when as_files
-    format: str = "png"
-    as_files: bool = False
-    attempt: int = 1
 
 
 # Tests only: Ray's GPUs are pretend ones (``ray.init(num_gpus=N)`` on a machine without
@@ -179,7 +141,9 @@ class ShardWorker:
     # -- encode --------------------------------------------------------------------------
     def encode_shard(self, task: EncodeTask) -> ShardResult:
         t0 = time.perf_counter()
-        rate = self.codec.ladder[task.rate_index]
+        rate = task.rate
+        if rate not in self.codec.ladder.rates:  # the model changed since the job resolved it
+            raise ValueError(f"{rate} is not on the ladder of model {self.model_id}")
         result = ShardResult(
             shard=task.shard,
             name=task.name,
@@ -196,7 +160,7 @@ class ShardWorker:
             # 1. Stream, decode and code, writing rows in shard order
             with (
                 ShardParquetWriter(local) as writer,
-                _Prefetch(lambda: self._chunks(task.shard), self.config.prefetch_chunks) as pre,
+                Prefetch(lambda: self._chunks(task.shard), self.config.prefetch_chunks) as pre,
             ):
                 for chunk in pre:
                     for row in self._encode_chunk(chunk, rate, task, result):
@@ -257,7 +221,7 @@ class ShardWorker:
         the bad image becomes an error row."""
         t0 = time.perf_counter()
         try:
-            streams = self.codec.compress([s.image for s in samples], rate.index)
+            streams = self.codec.compress([s.image for s in samples], rate)
         except (ValueError, MemoryError, torch.OutOfMemoryError) as exc:
             if len(samples) == 1:
                 return {positions[0]: f"encode failed: {type(exc).__name__}: {exc}"}

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline import storage, storage_s3
 from tests.pipeline.shards import image_bytes, png_with_size, tar_bytes, truncate_in_member
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -136,11 +136,11 @@ def _read_tables(out: str) -> dict[str, pa.Table]:
 
 def soak(iterations: int, seconds: float) -> int:
     from oscar_core.codec import DEFAULT_MODEL_DIR
-    from pipeline.dispatch import Resources
-    from pipeline.runner import EncodeJob, run_encode
+    from pipeline.contract import EncodeJob, Resources
+    from pipeline.runner import run_encode
 
     bucket = f"soak-{uuid.uuid4().hex[:8]}"
-    storage.s3_client().create_bucket(Bucket=bucket)
+    storage_s3.s3_client().create_bucket(Bucket=bucket)
     t_start, failures = time.monotonic(), 0
     for it in range(iterations):
         if time.monotonic() - t_start > seconds:
@@ -209,7 +209,7 @@ def main() -> int:
             return 1
         os.environ.update(storage.parse_env_exports(started.stdout))  # before Ray starts
         os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled")
-        storage.reset_s3_client()
+        storage_s3.reset_s3_client()
         import ray
 
         ray.init(

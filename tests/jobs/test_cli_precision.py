@@ -84,7 +84,8 @@ def test_shard_commands_take_precision():
 
 @needs_bf16
 def test_worker_config_precision(workdir):
-    from pipeline.worker import ShardWorker, WorkerConfig
+    from pipeline.contract import WorkerConfig
+    from pipeline.worker import ShardWorker
 
     worker = ShardWorker(WorkerConfig(str(workdir / "model"), precision="bf16"))
     assert worker.codec.precision == "bf16" and worker.describe()["precision"] == "bf16"

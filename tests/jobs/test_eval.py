@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from jobs.eval_codecs import CODECS, Encoded, QualityTable, availability, search_not_above
-from jobs.eval_metrics import METRICS, flip, ms_ssim, psnr, ssimulacra2
+from jobs.eval_metrics import METRICS, flip, ssimulacra2
+from oscar_core.metrics import ms_ssim, psnr
 from tests.conftest import smooth_image
 
 RATES = (2, 7)

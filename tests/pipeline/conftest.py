@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import storage
+from pipeline import storage, storage_s3
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_S3 = REPO / "infra" / "local_s3"
@@ -72,18 +72,18 @@ def s3_env() -> Iterator[dict[str, str]]:
     mp = pytest.MonkeyPatch()  # session scope cannot use the function-scoped monkeypatch
     for key, value in env.items():
         mp.setenv(key, value)
-    storage.reset_s3_client()  # a client built earlier would point at another endpoint
+    storage_s3.reset_s3_client()  # a client built earlier would point at another endpoint
     try:
         yield env
     finally:
         mp.undo()
-        storage.reset_s3_client()
+        storage_s3.reset_s3_client()
         if not was_running and os.environ.get("OSCAR_S3_KEEP") != "1":
             _run("stop", timeout=120)
 
 
 def _empty_and_delete_bucket(bucket: str) -> None:
-    client = storage.s3_client()
+    client = storage_s3.s3_client()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         if keys:
@@ -98,11 +98,11 @@ def _empty_and_delete_bucket(bucket: str) -> None:
 def s3_bucket(s3_env: dict[str, str]) -> Iterator[str]:
     """A fresh, empty bucket for one test; emptied and deleted afterwards."""
     bucket = f"test-{uuid.uuid4().hex[:12]}"
-    storage.s3_client().create_bucket(Bucket=bucket)
+    storage_s3.s3_client().create_bucket(Bucket=bucket)
     try:
         yield bucket
     finally:
-        storage.reset_s3_client()  # a test may have swapped credentials
+        storage_s3.reset_s3_client()  # a test may have swapped credentials
         _empty_and_delete_bucket(bucket)
 
 

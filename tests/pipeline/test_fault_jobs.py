@@ -32,11 +32,11 @@ from PIL import Image
 
 from jobs.cli import main as cli_main
 from oscar_core import bitstream
-from pipeline import parquet, storage
-from pipeline.dispatch import Resources
-from pipeline.runner import EncodeJob, run_encode
+from pipeline import parquet, storage, storage_s3
+from pipeline.contract import DecodeTask, EncodeJob, Resources, WorkerConfig
+from pipeline.runner import run_encode
 from pipeline.samples import decode_image
-from pipeline.worker import DecodeTask, ShardWorker, WorkerConfig
+from pipeline.worker import ShardWorker
 from tests.pipeline.shards import image_bytes, tar_bytes
 
 CPU = ["--workers", "1", "--gpus-per-worker", "0", "--cpus-per-worker", "1", "--no-progress"]
@@ -202,12 +202,12 @@ def test_unusable_s3_output(
     out = f"s3://{bucket}/out"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    storage.reset_s3_client()
+    storage_s3.reset_s3_client()
     try:
         line = _encode_cli(local_shard, out, tiny_model_dir, capsys)
     finally:
         monkeypatch.undo()
-        storage.reset_s3_client()
+        storage_s3.reset_s3_client()
     assert line.startswith(f"oscar: error: encode-shards: {out}: write check failed: ")
     assert message in line and secret not in line
     if env:  # nothing was written: the job stopped at validation, before the job config

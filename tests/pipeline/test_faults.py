@@ -41,7 +41,7 @@ import pytest
 from botocore.config import Config
 
 from jobs.cli import main as cli_main
-from pipeline import storage
+from pipeline import storage, storage_s3
 from tests.pipeline.conftest import LOCAL_S3, REPO
 from tests.pipeline.shards import image_bytes, tar_bytes
 
@@ -147,14 +147,14 @@ def _cli(server: FaultS3, *argv: str) -> subprocess.CompletedProcess[str]:
         mp.delenv(key)
     for key, value in {**server.aws, "OSCAR_S3_MAX_ATTEMPTS": "2"}.items():
         mp.setenv(key, value)
-    storage.reset_s3_client()
+    storage_s3.reset_s3_client()
     out, err = io.StringIO(), io.StringIO()
     try:
         with redirect_stdout(out), redirect_stderr(err):
             rc = cli_main(list(argv))
     finally:
         mp.undo()
-        storage.reset_s3_client()
+        storage_s3.reset_s3_client()
     return subprocess.CompletedProcess(list(argv), rc, out.getvalue(), err.getvalue())
 
 

@@ -13,8 +13,9 @@ import torch
 
 from jobs.cli import main as cli_main
 from pipeline import dispatch, worker
-from pipeline.dispatch import Resources, WorkersFailedToStart, check_resources
-from pipeline.worker import EncodeTask, ShardWorker, WorkerConfig, pick_device
+from pipeline.contract import EncodeTask, Resources, WorkerConfig
+from pipeline.dispatch import WorkersFailedToStart, check_resources
+from pipeline.worker import ShardWorker, pick_device
 from tests.pipeline.shards import image_bytes, tar_bytes
 
 
@@ -124,6 +125,7 @@ def test_worker_given_a_gpu_codes_on_it(monkeypatch, tmp_path, tiny_model_dir):
     shard = tmp_path / "s.tar"
     shard.write_bytes(tar_bytes([(f"k{i}.png", image_bytes(64, 96, seed=i)) for i in range(3)]))
     out = tmp_path / "out"
-    task = EncodeTask(str(shard), "s", str(out / "s.parquet"), str(out / "s.stats.json"), 2)
+    rate = shard_worker.codec.ladder[2]
+    task = EncodeTask(str(shard), "s", str(out / "s.parquet"), str(out / "s.stats.json"), rate)
     result = shard_worker.encode_shard(task)
     assert (result.samples, result.ok, result.errors) == (3, 3, 0)

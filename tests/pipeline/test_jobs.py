@@ -32,9 +32,10 @@ import pytest
 from PIL import Image
 
 from jobs.cli import main as cli_main
-from pipeline import storage
-from pipeline.dispatch import Resources, run_tasks
-from pipeline.runner import DecodeJob, EncodeJob, collect_status, run_decode, run_encode
+from pipeline import storage, storage_s3
+from pipeline.contract import DecodeJob, EncodeJob, Resources
+from pipeline.dispatch import run_tasks
+from pipeline.runner import collect_status, run_decode, run_encode
 from tests.pipeline.conftest import REPO, _empty_and_delete_bucket
 from tests.pipeline.shards import image_bytes, tar_bytes, truncate_in_member
 
@@ -89,7 +90,7 @@ def _shard2() -> tuple[bytes, dict]:
 @pytest.fixture(scope="module")
 def dataset(s3_env: dict[str, str]) -> Iterator[Dataset]:
     bucket = f"test-jobs-{uuid.uuid4().hex[:10]}"
-    storage.s3_client().create_bucket(Bucket=bucket)
+    storage_s3.s3_client().create_bucket(Bucket=bucket)
     e0, sizes0 = _shard0()
     e1, sizes1 = _shard1()
     tar2, sizes2 = _shard2()
@@ -116,7 +117,7 @@ def dataset(s3_env: dict[str, str]) -> Iterator[Dataset]:
     try:
         yield Dataset(bucket, shards, keys, errors, {**sizes0, **sizes1, **sizes2})
     finally:
-        storage.reset_s3_client()
+        storage_s3.reset_s3_client()
         _empty_and_delete_bucket(bucket)
 
 
@@ -231,7 +232,7 @@ def test_each_gpu_actor_gets_its_own_gpu(encoded):
 
 def test_second_run_skips_all_shards(encoded, dataset, tiny_model_dir):
     def stamps() -> dict[str, object]:
-        client = storage.s3_client()
+        client = storage_s3.s3_client()
         listing = client.list_objects_v2(Bucket=dataset.bucket, Prefix="enc/")["Contents"]
         return {o["Key"]: o["LastModified"] for o in listing if o["Key"].endswith(".parquet")}
 
@@ -429,8 +430,9 @@ def test_worker_given_a_gpu_without_cuda_stops_the_job(ray_cluster, tiny_model_d
     import ray
     from tqdm import tqdm
 
+    from pipeline.contract import WorkerConfig
     from pipeline.dispatch import WorkersFailedToStart
-    from pipeline.worker import ShardWorker, WorkerConfig
+    from pipeline.worker import ShardWorker
 
     class StrictWorker(ShardWorker):  # local: Ray ships it by value
         def __init__(self, config: WorkerConfig) -> None:

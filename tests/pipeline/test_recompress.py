@@ -16,9 +16,13 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main as cli_main
+from oscar_core import get_config
 from pipeline import storage
-from pipeline.recompress import QualityTask, QualityWorker, human_bytes, pick_evenly
-from pipeline.worker import EncodeTask, ShardWorker, WorkerConfig
+from pipeline.contract import EncodeTask, QualityTask, WorkerConfig
+from pipeline.recompress import QualityWorker, pick_evenly
+from pipeline.report import human_bytes
+from pipeline.storage_base import StorageError
+from pipeline.worker import ShardWorker
 from tests.pipeline.shards import image_bytes, tar_bytes
 
 
@@ -42,7 +46,8 @@ def test_quality_worker_samples_and_detects_changed_sources(tmp_path, tiny_model
     shard, parquet = tmp_path / "shard.tar", tmp_path / "shard.parquet"
     shard.write_bytes(tar_bytes(_shard_entries()))
     config = WorkerConfig(tiny_model_dir, batch_size=4)
-    task = EncodeTask(str(shard), "shard", str(parquet), str(tmp_path / "s.json"), rate_index=3)
+    rate = get_config("oscar-tiny").rate_ladder()[3]
+    task = EncodeTask(str(shard), "shard", str(parquet), str(tmp_path / "s.json"), rate=rate)
     result = ShardWorker(config).encode_shard(task)
     assert (result.ok, result.errors) == (4, 1)
 
@@ -83,7 +88,7 @@ def test_local_model_dir_downloads_once_and_follows_changes(s3_bucket, tiny_mode
     newer = storage.local_model_dir(url, cache)
     assert newer != local and "v2" in Path(newer, "config.json").read_text()
     assert storage.local_model_dir(tiny_model_dir, cache) == tiny_model_dir  # local: as is
-    with pytest.raises(storage.StorageError, match="no model here"):
+    with pytest.raises(StorageError, match="no model here"):
         storage.local_model_dir(f"s3://{s3_bucket}/models/none", cache)
     assert not [n for n in os.listdir(cache) if ".tmp-" in n]  # no temp dirs left
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import storage
-from pipeline.storage import Location, StorageError
+from pipeline import storage, storage_s3
+from pipeline.storage_base import Location, StorageError, parse_url
 
 MiB = 1 << 20
 
@@ -39,18 +39,18 @@ def _payload(n: int) -> bytes:
 
 
 def test_parse_url() -> None:
-    assert storage.parse_url("s3://bkt/a/b.tar") == Location("s3", "bkt", "a/b.tar")
-    assert storage.parse_url("s3://bkt") == Location("s3", "bkt", "")
-    assert storage.parse_url("/data/x.tar") == Location("file", "", "/data/x.tar")
-    assert storage.parse_url("file:///data/x.tar").path == "/data/x.tar"
-    assert storage.parse_url("rel/x.tar").path == "rel/x.tar"
-    assert storage.parse_url("s3://bkt/k").url == "s3://bkt/k"
+    assert parse_url("s3://bkt/a/b.tar") == Location("s3", "bkt", "a/b.tar")
+    assert parse_url("s3://bkt") == Location("s3", "bkt", "")
+    assert parse_url("/data/x.tar") == Location("file", "", "/data/x.tar")
+    assert parse_url("file:///data/x.tar").path == "/data/x.tar"
+    assert parse_url("rel/x.tar").path == "rel/x.tar"
+    assert parse_url("s3://bkt/k").url == "s3://bkt/k"
 
 
 @pytest.mark.parametrize("url", ["gs://bkt/x", "http://host/x.tar", "s3:///nobucket"])
 def test_parse_url_rejects(url: str) -> None:
     with pytest.raises(ValueError, match=re.escape(url)):
-        storage.parse_url(url)
+        parse_url(url)
 
 
 # --------------------------------------------------------------------- expand_shards
@@ -159,12 +159,12 @@ def test_remove_stale_temps(root: str) -> None:
     of the given target (not the result, not another target's temp)."""
     url = f"{root}/out/a.parquet"
     storage.atomic_put(url, b"done")
-    if url.startswith("s3://"):  # what _s3_atomic's upload leaves before its copy/delete
+    if url.startswith("s3://"):  # what S3Storage's upload leaves before its copy/delete
         stale = [f"{url}.tmp-{'1' * 32}", f"{url}.tmp-{'2' * 32}"]
         other = f"{root}/out/ab.parquet.tmp-{'3' * 32}"
         for u in (*stale, other):
             storage.put_bytes(u, b"partial")
-    else:  # what _local_atomic's mkstemp leaves
+    else:  # what LocalStorage's temp file leaves
         d = os.path.dirname(url)
         stale = [os.path.join(d, ".a.parquet.tmp-x1y2"), os.path.join(d, ".a.parquet.tmp-z3")]
         other = os.path.join(d, ".ab.parquet.tmp-q9")
@@ -236,13 +236,13 @@ def test_check_writable_bad_credentials(
     s3_bucket: str, monkeypatch: pytest.MonkeyPatch, var: str, code: str
 ) -> None:
     monkeypatch.setenv(var, "wrong-value-1234")
-    storage.reset_s3_client()
+    storage_s3.reset_s3_client()
     try:
         with pytest.raises(StorageError) as ei:
             storage.check_writable(f"s3://{s3_bucket}/out/")
     finally:
         monkeypatch.undo()
-        storage.reset_s3_client()
+        storage_s3.reset_s3_client()
     msg = str(ei.value)
     assert f"s3://{s3_bucket}/out/" in msg and "bad credentials" in msg
     assert ei.value.code == code
@@ -254,13 +254,13 @@ def test_check_writable_unreachable_endpoint(
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("OSCAR_S3_MAX_ATTEMPTS", "1")
-    storage.reset_s3_client()
+    storage_s3.reset_s3_client()
     try:
         with pytest.raises(StorageError, match=r"s3://b/out/.*(connect|Connect)"):
             storage.check_writable("s3://b/out/")
     finally:
         monkeypatch.undo()
-        storage.reset_s3_client()
+        storage_s3.reset_s3_client()
 
 
 def test_check_writable_local_not_a_dir(tmp_path: Path) -> None:

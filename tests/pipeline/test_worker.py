@@ -15,11 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from oscar_core import get_config
 from pipeline import parquet
+from pipeline.contract import DecodeTask, EncodeTask, WorkerConfig
+from pipeline.prefetch import Prefetch
 from pipeline.report import read_stats
 from pipeline.sinks import FileSink, UnsafeKey, safe_key
-from pipeline.storage import StorageError
-from pipeline.worker import DecodeTask, EncodeTask, ShardWorker, WorkerConfig, _Prefetch
+from pipeline.storage_base import StorageError
+from pipeline.worker import ShardWorker
 from tests.pipeline.shards import image_bytes, tar_bytes
 
 
@@ -31,7 +34,8 @@ def worker(tiny_model_dir: str) -> ShardWorker:
 
 def encode_task(tmp_path: Path, shard: str, rate: int = 2) -> EncodeTask:
     out = tmp_path / "out"
-    return EncodeTask(shard, "s", str(out / "s.parquet"), str(out / "s.stats.json"), rate)
+    ladder = get_config("oscar-tiny").rate_ladder()
+    return EncodeTask(shard, "s", str(out / "s.parquet"), str(out / "s.stats.json"), ladder[rate])
 
 
 def test_encode_shard_writes_one_row_per_sample_in_order(worker, tmp_path):
@@ -201,7 +205,7 @@ def test_prefetch_propagates_errors_and_stops_early():
         yield 1
         raise RuntimeError("producer broke")
 
-    with pytest.raises(RuntimeError, match="producer broke"), _Prefetch(failing, 1) as pre:
+    with pytest.raises(RuntimeError, match="producer broke"), Prefetch(failing, 1) as pre:
         list(pre)
 
     produced = []
@@ -211,7 +215,7 @@ def test_prefetch_propagates_errors_and_stops_early():
             produced.append(i)
             yield i
 
-    with _Prefetch(endless, 2) as pre:
+    with Prefetch(endless, 2) as pre:
         for item in pre:
             if item == 3:
                 break

@@ -1,0 +1,132 @@
+"""The local-filesystem backend of ``Storage``: plain paths and ``file://`` URLs.
+
+Atomic writes go to a ``.<name>.tmp-*`` file in the target's directory, are fsynced, then
+renamed over the target (atomic on POSIX); a writer killed before the rename leaves only
+that temp (``stale_temps``). ``OSError`` becomes ``StorageError`` naming the URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from .storage_base import Storage, StorageError, parse_url
+
+_FILE_PREFIX = "file://"
+
+
+@contextlib.contextmanager
+def _errors(url: str, action: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, StorageError):
+            raise
+        raise StorageError(url, f"{action} failed: {e.strerror or e}", type(e).__name__) from e
+
+
+def _path(url: str) -> str:
+    return parse_url(url).path
+
+
+def _atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """Write via a temp file in the same directory, then rename (atomic on POSIX)."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # data on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+class LocalStorage(Storage):
+    """Files on this machine (on a cluster: the same path must exist on every node)."""
+
+    def open_read(self, url: str) -> BinaryIO:
+        with _errors(url, "open"):
+            return open(_path(url), "rb")
+
+    @contextlib.contextmanager
+    def local_copy(self, url: str) -> Iterator[str]:
+        yield _path(url)
+
+    def exists(self, url: str) -> bool:
+        return os.path.exists(_path(url))
+
+    def size(self, url: str) -> int:
+        with _errors(url, "stat"):
+            return os.path.getsize(_path(url))
+
+    def list_prefix(self, url: str) -> list[str]:
+        # Walk the directory holding the prefix and keep paths that start with it.
+        path = _path(url)
+        root = path if path.endswith(os.sep) or os.path.isdir(path) else os.path.dirname(path)
+        scheme = _FILE_PREFIX if url.startswith(_FILE_PREFIX) else ""
+        out = []
+        for dirpath, _dirs, files in os.walk(root or "."):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                if not root:  # a bare relative prefix: compare without the "./" walk adds
+                    full = os.path.normpath(full)
+                if full.startswith(path):
+                    out.append(scheme + full)
+        return sorted(out)
+
+    def glob(self, pattern: str) -> list[str]:
+        scheme = _FILE_PREFIX if pattern.startswith(_FILE_PREFIX) else ""
+        return [scheme + p for p in glob.glob(_path(pattern)) if os.path.isfile(p)]
+
+    def put_bytes(self, url: str, data: bytes) -> None:
+        path = _path(url)
+        with _errors(url, "write"):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+
+    def atomic_put(self, url: str, data: bytes) -> None:
+        with _errors(url, "atomic write"):
+            _atomic_write(_path(url), lambda f: f.write(data))
+
+    def atomic_put_file(self, url: str, local_path: str) -> None:
+        with _errors(url, "atomic write"), open(local_path, "rb") as src:
+            _atomic_write(_path(url), lambda f: shutil.copyfileobj(src, f, 1 << 20))
+
+    def delete(self, url: str) -> None:
+        with _errors(url, "delete"), contextlib.suppress(FileNotFoundError):
+            os.remove(_path(url))
+
+    def stale_temps(self, url: str) -> list[str]:
+        """``.<name>.tmp-*`` files next to the target (what ``_atomic_write`` leaves)."""
+        d, name = os.path.split(os.path.abspath(_path(url)))
+        return sorted(glob.glob(os.path.join(d, glob.escape(f".{name}.tmp-") + "*")))
+
+    def check_writable(self, url: str) -> None:
+        """Create the directory, then write and delete a small probe file in it."""
+        path = _path(url)
+        with _errors(url, "write check"):
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, f".oscar-write-probe-{uuid.uuid4().hex}")
+            with open(probe, "wb") as f:
+                f.write(b"probe")
+            os.remove(probe)
+
+    def escapes(self, root: str, url: str) -> str | None:
+        real_root = os.path.realpath(_path(root))
+        real = os.path.realpath(_path(url))
+        return None if os.path.commonpath([real, real_root]) == real_root else real
+
+    def local_model_dir(self, url: str, cache_root: str) -> str:
+        return _path(url)
