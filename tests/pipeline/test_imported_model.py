@@ -22,7 +22,7 @@ from PIL import Image
 
 from jobs.cli import main as cli_main
 from oscar_core import Codec
-from pipeline import storage
+from pipeline import storage_s3
 from tests.pipeline.shards import image_bytes, tar_bytes
 from tests.reference_fixtures import ReferenceOscar, make_sd21_dir
 
@@ -38,7 +38,7 @@ def test_imported_model_from_s3_in_the_shard_jobs(s3_bucket, ray_cluster, tmp_pa
     assert cli_main([*argv, "--allow-pickle", "--out", str(model)]) == 0
     shutil.rmtree(sd21)  # the model directory must not need it
 
-    s3 = storage.s3_client()
+    s3 = storage_s3.s3_client()
     for f in model.iterdir():
         s3.put_object(Bucket=s3_bucket, Key=f"models/imported/{f.name}", Body=f.read_bytes())
     entries = [(f"k{i}.png", image_bytes(64, 128, seed=i)) for i in range(3)]
