@@ -89,6 +89,12 @@ def read_bytes(url: str) -> bytes:
     return storage_for(url).read_bytes(url)
 
 
+def open_seekable(url: str) -> BinaryIO:
+    """Open for random access that fetches only what is read (a Parquet footer, a row
+    group): a local file, or ranged GETs on S3."""
+    return storage_for(url).open_seekable(url)
+
+
 def local_copy(url: str) -> AbstractContextManager[str]:
     """``with local_copy(url) as path``: a local file holding the object (for seeking)."""
     return storage_for(url).local_copy(url)

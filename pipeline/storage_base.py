@@ -89,6 +89,11 @@ class Storage(ABC):
             return f.read()
 
     @abstractmethod
+    def open_seekable(self, url: str) -> BinaryIO:
+        """A seekable file object that reads only the byte ranges asked for (a Parquet
+        footer, then one row group's column chunks), never the whole object up front."""
+
+    @abstractmethod
     def local_copy(self, url: str) -> AbstractContextManager[str]:
         """A local path holding the object for the ``with`` block (the file itself, or a
         temp download): for readers that seek, such as Parquet's footer."""

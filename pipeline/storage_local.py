@@ -59,6 +59,9 @@ class LocalStorage(Storage):
         with _errors(url, "open"):
             return open(_path(url), "rb")
 
+    def open_seekable(self, url: str) -> BinaryIO:
+        return self.open_read(url)  # a local file seeks
+
     @contextlib.contextmanager
     def local_copy(self, url: str) -> Iterator[str]:
         yield _path(url)

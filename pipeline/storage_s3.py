@@ -137,6 +137,48 @@ class _Body(io.RawIOBase):
         super().close()
 
 
+class _Ranged(io.RawIOBase):
+    """A seekable raw file over one S3 object: each ``readinto`` is one ranged GET of
+    exactly the bytes asked for (wrapped in a BufferedReader, that is at least the buffer
+    size). The object's size comes from one HEAD at open."""
+
+    def __init__(self, url: str, size: int) -> None:
+        self._url = url
+        self._bucket, self._key = _split(url)
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"{self._url}: negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._size - self._pos)
+        if n <= 0:
+            return 0
+        rng = f"bytes={self._pos}-{self._pos + n - 1}"
+        with _errors(self._url, "read"):
+            obj = s3_client().get_object(Bucket=self._bucket, Key=self._key, Range=rng)
+            data = obj["Body"].read()
+        if len(data) != n:
+            raise StorageError(self._url, f"read failed: asked {rng}, got {len(data)} bytes")
+        b[:n] = data
+        self._pos += n
+        return n
+
+
 class S3Storage(Storage):
     """Objects in an S3-compatible store."""
 
@@ -146,6 +188,11 @@ class S3Storage(Storage):
         with _errors(url, "open"):
             body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
         return cast(BinaryIO, io.BufferedReader(_Body(url, body), buffer_size=_READ_BUFFER))
+
+    def open_seekable(self, url: str) -> BinaryIO:
+        """Ranged GETs through a 1 MiB buffer: a Parquet reader fetches the footer, then
+        only the row groups and columns it reads."""
+        return cast(BinaryIO, io.BufferedReader(_Ranged(url, self.size(url)), _READ_BUFFER))
 
     @contextlib.contextmanager
     def local_copy(self, url: str) -> Iterator[str]:
