@@ -42,3 +42,28 @@ def ms_ssim(ref: np.ndarray, test: np.ndarray) -> float:
     x = torch.from_numpy(np.array(ref)).permute(2, 0, 1)[None].double()  # a writable copy
     y = torch.from_numpy(np.array(test)).permute(2, 0, 1)[None].double()
     return float(_ms_ssim(x, y, data_range=255.0, win_size=win))
+
+
+def ssimulacra2(ref: np.ndarray, test: np.ndarray) -> float:
+    """SSIMULACRA 2 (the ``ssimulacra2`` package, a port of libjxl's tool); ImportError
+    without it (the pipeline and eval extras).
+
+    100 = identical, ~90 visually lossless, ~70 high, ~50 medium, ~30 low quality; can go
+    negative. The package's API reads files, so the arrays go in as in-memory PNGs.
+    """
+    import io
+
+    from PIL import Image
+    from ssimulacra2 import compute_ssimulacra2
+
+    def png(image: np.ndarray) -> io.BytesIO:
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, "PNG", compress_level=0)
+        buf.seek(0)
+        return buf
+
+    return float(compute_ssimulacra2(png(ref), png(test)))
+
+
+# Every metric a quality target may name (higher is better for all three).
+METRICS = {"psnr": psnr, "ms-ssim": ms_ssim, "ssimulacra2": ssimulacra2}
