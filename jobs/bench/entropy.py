@@ -64,6 +64,8 @@ def section_entropy_gain(ctx: BenchContext) -> SectionResult:
             + [verdict(ok)]
         )
     worst = min(per_rate, key=lambda k: per_rate[k]["saved_fraction"])
+    headers = ["rate", "K", "symbols", "coded", "fixed", "ideal", "entropy", "saved %"]
+    headers += ["codes used", "pmf", "goal"]
     res = SectionResult(
         title="Entropy coding gain",
         status=verdict(ok_all),
@@ -78,14 +80,7 @@ def section_entropy_gain(ctx: BenchContext) -> SectionResult:
             **{f"rate{r}_coded_bits": v["coded_bits_per_image"] for r, v in per_rate.items()},
             **{f"rate{r}_fixed_bits": v["fixed_bits_per_image"] for r, v in per_rate.items()},
         },
-        tables=[
-            table(
-                "Bits per image (mean over images)",
-                ["rate", "K", "symbols", "coded", "fixed", "ideal", "entropy", "saved %"]
-                + ["codes used", "pmf", "goal"],
-                rows,
-            )
-        ],
+        tables=[table("Bits per image (mean over images)", headers, rows)],
         details={"per_rate": per_rate},
     )
     if not ok_all:

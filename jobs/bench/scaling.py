@@ -157,15 +157,16 @@ def section_scaling(ctx: BenchContext) -> SectionResult:
     speedup = two["steady_images_per_s"] / one["steady_images_per_s"]
     ok = speedup >= SCALING_GOAL
     proj = _projection(ctx, shards.pipeline_rate(ctx))
+    measured = (
+        f"{one['steady_images_per_s']:.2f} -> {two['steady_images_per_s']:.2f} images/s "
+        f"= {speedup:.2f}x; GPU projection {proj['encode']['projected_images_per_s']:.0f} "
+        f"enc / {proj['decode']['projected_images_per_s']:.0f} dec images/s (projected)"
+    )
     res = SectionResult(
         title=title,
         status=verdict(ok),
         goal=goal,
-        measured=(
-            f"{one['steady_images_per_s']:.2f} -> {two['steady_images_per_s']:.2f} images/s "
-            f"= {speedup:.2f}x; GPU projection {proj['encode']['projected_images_per_s']:.0f} "
-            f"enc / {proj['decode']['projected_images_per_s']:.0f} dec images/s (projected)"
-        ),
+        measured=measured,
         shortfall=None if ok else f"{speedup:.2f}x, {SCALING_GOAL - speedup:.2f}x short",
         method=(
             f"run_encode over {n_shards} shards of {per_shard} images (rate "

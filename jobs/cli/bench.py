@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.cli.common import add_command
+from jobs.cli.common import add_command, config_from_args
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from jobs.bench.job import BenchConfig, parse_sections, run
 
-    config = BenchConfig(
-        out=args.out,
-        model=args.model,
-        images=args.images,
-        sections=parse_sections(args.sections),
-        quick=args.quick,
-        rates=args.rates,
-        repeats=args.repeats,
-        threads=args.threads,
-        precision=args.precision,
-    )
-    return run(config)
+    return run(config_from_args(BenchConfig, args, sections=parse_sections(args.sections)))
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 EXIT_FAILED_SHARDS = 1  # a shard failed every retry, or no worker could start
 EXIT_BAD_INPUT = 2  # a bad argument or input: one ``oscar: error: ...`` line each
 
 Handler = Callable[[argparse.Namespace], int]
+Config = TypeVar("Config")
 
 
 def print_error(subject: str, reason: str) -> None:
@@ -22,6 +24,13 @@ def fail(subject: str, reason: str) -> int:
     """The error line, and the exit status that goes with it."""
     print_error(subject, reason)
     return EXIT_BAD_INPUT
+
+
+def config_from_args(cls: type[Config], args: argparse.Namespace, **given: Any) -> Config:
+    """A job's typed config from the parsed arguments: each field of ``cls`` takes the
+    argument of the same name (its ``dest``); ``given`` sets the fields named otherwise."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in vars(args).items() if k in names} | given)
 
 
 def add_command(

@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.cli.common import add_command
+from jobs.cli.common import add_command, config_from_args
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from jobs.eval.job import EvalConfig, run
 
-    config = EvalConfig(
-        images=args.images,
-        out=args.out,
-        model=args.model,
-        rates=args.rates,
-        codecs=args.codecs,
-        metrics=args.metrics,
-        limit=args.limit,
-        lpips_weights=args.lpips_weights,
-        downscales=args.downscales,
-        threads=args.threads,
-    )
-    return run(config)
+    return run(config_from_args(EvalConfig, args))
 
 
 def cmd_eval_autoencoder(args: argparse.Namespace) -> int:
     from jobs.eval.autoencoder import RoundTripConfig, run_round_trip
 
-    return run_round_trip(RoundTripConfig(args.images, model=args.model, json_out=args.json))
+    return run_round_trip(config_from_args(RoundTripConfig, args))
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -48,4 +36,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     help_text = "the latent autoencoder's round trip alone: PSNR, Cb/Cr error, saturation"
     p = add_command(sub, "eval-autoencoder", cmd_eval_autoencoder, help_text)
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or directories")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="also write per-image rows")
+    p.add_argument(
+        "--json", dest="json_out", default=None, metavar="OUT.json", help="also write the rows"
+    )

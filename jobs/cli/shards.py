@@ -26,6 +26,7 @@ from jobs.cli.common import (
     EXIT_FAILED_SHARDS,
     add_command,
     add_precision,
+    config_from_args,
     fail,
     one_line_errors,
 )
@@ -38,36 +39,23 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _resources(args: argparse.Namespace) -> Any:
+def shard_job(cls: type, args: argparse.Namespace, **given: Any) -> Any:
+    """A ``pipeline.contract`` job (``EncodeJob``, ``DecodeJob``) from the arguments of the
+    same names, plus what every shard job takes: the model, the Ray resources, progress."""
     from pipeline.contract import Resources
 
-    return Resources(
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker,
-        address=args.address,
+    resources = config_from_args(Resources, args)
+    progress = not args.no_progress
+    return config_from_args(
+        cls, args, model_dir=args.model, resources=resources, progress=progress, **given
     )
 
 
 def encode_job(args: argparse.Namespace) -> Any:
-    """The ``pipeline.contract.EncodeJob`` of encode-shards and recompress (same arguments)."""
+    """The ``EncodeJob`` of encode-shards and recompress (the same arguments)."""
     from pipeline.contract import EncodeJob
 
-    return EncodeJob(
-        src=args.src,
-        out=args.out,
-        model_dir=args.model,
-        rate=args.rate,
-        rates_file=args.rates_file,
-        batch_size=args.batch_size,
-        max_retries=args.max_retries,
-        overwrite=args.overwrite,
-        limit=args.limit,
-        max_pixels=args.max_pixels,
-        resources=_resources(args),
-        progress=not args.no_progress,
-        precision=args.precision,
-    )
+    return shard_job(EncodeJob, args)
 
 
 def _guarded(command: str, verbose: bool, run: Callable[[], int]) -> int:
@@ -150,20 +138,7 @@ def cmd_decode_shards(args: argparse.Namespace) -> int:
         from pipeline.contract import DecodeJob
         from pipeline.runner import run_decode
 
-        job = DecodeJob(
-            parquets=args.inputs,
-            out=args.out,
-            model_dir=args.model,
-            format=args.format,
-            as_files=args.as_files,
-            batch_size=args.batch_size,
-            max_pixels=args.max_pixels,
-            max_retries=args.max_retries,
-            resources=_resources(args),
-            progress=not args.no_progress,
-            precision=args.precision,
-        )
-        report = run_decode(job)
+        report = run_decode(shard_job(DecodeJob, args, parquets=args.inputs))
         s = report["summary"]
         print(
             f"decode-shards: {s['parquets']} parquets, {s['images_decoded']} images decoded, "

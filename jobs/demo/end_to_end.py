@@ -191,11 +191,12 @@ def run_pipeline_demo(model: str | None, out: str, workers: int | None = None) -
             by_rate.setdefault(r["rate_index"], []).append(originals[r["key"]])
     model_only = _model_only(codec, by_rate)
     s = encode["summary"]
+    image_size = "{1}x{0}".format(*originals[paths[0].stem].shape)
     steady = [p["images_per_s"] for p in encode["per_shard"] if p["images_per_s"]]
     summary = {
         "model": {"dir": model_dir, "name": codec.model.config.name, "id": codec.model_id.hex()},
         "images": len(paths),
-        "image_size": "{1}x{0}".format(*originals[paths[0].stem].shape),
+        "image_size": image_size,
         "encode": {
             k: s[k]
             for k in (
@@ -228,8 +229,8 @@ def run_pipeline_demo(model: str | None, out: str, workers: int | None = None) -
     # 6. Print
     print()
     print(
-        f"model {summary['model']['name']} ({summary['model']['id']}), "
-        f"{len(paths)} images {summary['image_size']}"
+        f"model {codec.model.config.name} ({codec.model_id.hex()}), "
+        f"{len(paths)} images {image_size}"
     )
     print(
         f"started the local S3 in {startup['s3_seconds']} s and Ray in {startup['ray_seconds']} s "
