@@ -126,7 +126,7 @@ def run_section(number: int, ctx: BenchContext) -> SectionResult:
     return result
 
 
-def run_bench(config: BenchConfig, log=print) -> BenchRun:
+def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchRun:
     """Run the chosen sections; the whole result (what bench.json and bench.md hold)."""
     import torch
 
