@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs import cli
-from jobs.bench import parse_sections
-from jobs.bench_codec import DDIM_STEPS, DDIMDecoder
+from jobs.bench.job import parse_sections
+from jobs.bench.one_step import DDIM_STEPS, DDIMDecoder
+from jobs.cli import main as cli
 from oscar_core import Codec
 from oscar_core.precision import cpu_supports_bf16
 from tests.conftest import smooth_image
@@ -179,10 +179,12 @@ def test_parse_sections():
 
 
 def test_pipeline_sections_say_not_run_when_pipeline_is_missing(monkeypatch, tmp_path):
-    from jobs import bench_pipeline
-    from jobs.bench_common import BenchContext
+    from jobs.bench import shards
+    from jobs.bench.common import BenchContext
+    from jobs.bench.efficiency import section_efficiency
+    from jobs.bench.memory import section_memory
 
-    monkeypatch.setattr(bench_pipeline, "pipeline_api", lambda: (None, "pipeline missing (x)"))
+    monkeypatch.setattr(shards, "pipeline_api", lambda: (None, "pipeline missing (x)"))
     ctx = BenchContext(
         model_dir=tmp_path,
         codec=None,
@@ -196,7 +198,7 @@ def test_pipeline_sections_say_not_run_when_pipeline_is_missing(monkeypatch, tmp
         batch_sizes=(1,),
         work_dir=tmp_path,
     )
-    for fn in (bench_pipeline.section_efficiency, bench_pipeline.section_memory):
-        res = fn(ctx)
+    for fn in (section_efficiency, section_memory):
+        res = fn(ctx).to_json()  # its bench.json entry
         assert res["status"] == "not run: pipeline missing (x)"
         assert res["figures"] == {} and res["measured"] is None and res["todo"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs import cli
-from jobs.bench_common import parse_precisions
+from jobs.bench.common import parse_precisions
+from jobs.cli import main as cli
 from oscar_core import Codec, precision
 from oscar_core.precision import cpu_supports_bf16
 from tests.conftest import smooth_image

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.eval_codecs import CODECS, Encoded, QualityTable, availability, search_not_above
-from jobs.eval_metrics import METRICS, flip, ssimulacra2
+from jobs.eval.codecs import CODECS, Encoded, QualityTable, availability, search_not_above
+from jobs.eval.metrics import METRICS, flip, ssimulacra2
 from oscar_core.metrics import ms_ssim, psnr
 from tests.conftest import smooth_image
 
@@ -29,7 +29,8 @@ CODECS_RUN = ("jpeg", "avif")
 def run(tmp_path_factory):
     import torch
 
-    from jobs.eval import run_eval
+    from jobs.eval.job import EvalConfig
+    from jobs.eval.job import run as run_eval
     from oscar_core import Codec
 
     torch.set_num_threads(1)
@@ -40,7 +41,9 @@ def run(tmp_path_factory):
         Image.fromarray(smooth_image(64, 96, seed)).save(tmp / "img" / f"s{seed}.png")
     out = tmp / "out"
     rc = run_eval(
-        [str(tmp / "img")], model=str(tmp / "m"), out=str(out), rates="2,7", codecs="jpeg,avif"
+        EvalConfig(
+            [str(tmp / "img")], model=str(tmp / "m"), out=str(out), rates="2,7", codecs="jpeg,avif"
+        )
     )
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -129,7 +132,7 @@ def test_summary(run):
 
 def test_cli_eval_and_bad_inputs(run, tmp_path, capsys):
     """Through ``oscar eval``: a larger image that AVIF does reach, one missing input, bad args."""
-    from jobs.cli import main
+    from jobs.cli.main import main
 
     tmp = run["tmp"]
     Image.fromarray(smooth_image(192, 256, 5)).save(tmp_path / "big.png")
@@ -239,7 +242,8 @@ def test_lpips_only_from_local_weights(tmp_path):
     import torch
     import torchvision
 
-    from jobs.eval_metrics import Lpips, build_metrics
+    from jobs.common.lpips import Lpips
+    from jobs.eval.metrics import build_metrics
 
     with pytest.raises(ValueError, match="--lpips-weights"):
         build_metrics(["lpips"])

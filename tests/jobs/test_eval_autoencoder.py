@@ -1,4 +1,4 @@
-"""The autoencoder round-trip diagnostic (jobs/eval_autoencoder.py)."""
+"""The autoencoder round-trip diagnostic (jobs/eval/autoencoder.py, ``oscar eval-autoencoder``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.eval_autoencoder import main, round_trip_metrics
+from jobs.cli.main import main
+from jobs.eval.autoencoder import round_trip_metrics
 from oscar_core import Codec
 from tests.conftest import smooth_image
 
@@ -41,7 +42,7 @@ def test_cli_on_a_tiny_model(tmp_path, capsys):
         Image.fromarray(smooth_image(64, 80, seed=i)).save(images / f"im{i}.png")
     (images / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "ae.json"
-    rc = main([str(images), "--model", str(model), "--json", str(out)])
+    rc = main(["eval-autoencoder", str(images), "--model", str(model), "--json", str(out)])
     captured = capsys.readouterr()
     assert rc == 2 and "broken.png: cannot read image" in captured.err  # the others still ran
     assert "2 images: PSNR" in captured.out

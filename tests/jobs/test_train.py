@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.train import StageConfig, TrainConfig, Trainer
-from jobs.train_losses import PatchDiscriminator, Stage2Loss
+from jobs.train.config import StageConfig, TrainConfig
+from jobs.train.losses import PatchDiscriminator, Stage2Loss
+from jobs.train.trainer import Trainer
 from oscar_core import Codec, OscarModel, get_config
 from tests.conftest import smooth_image
 
@@ -92,7 +93,7 @@ def test_unknown_config_field(tmp_path):
 
 
 def test_crop_sampler_is_seeded():  # noqa: D103
-    from jobs.train_data import CropSampler
+    from jobs.train.data import CropSampler
 
     imgs = [smooth_image(80, 90, seed=1)]
     a, b = CropSampler(imgs, seed=3).batch(2, 64), CropSampler(imgs, seed=3).batch(2, 64)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-import jobs.train
-from jobs.train import StageConfig, TrainConfig, Trainer
-from jobs.train_dist import init_distributed, launch
-from jobs.train_losses import Stage2Loss
+import jobs.train.trainer
+from jobs.train.config import StageConfig, TrainConfig
+from jobs.train.dist import init_distributed, launch
+from jobs.train.losses import Stage2Loss
+from jobs.train.trainer import Trainer
 from oscar_core import OscarModel
 from tests.jobs.test_train import tiny_run
 
@@ -62,7 +63,7 @@ def rank_main(cfg: TrainConfig) -> None:
     """One rank (in a spawned process): train, then write what it holds."""
     torch.set_num_threads(1)
     # The GAN term from step 0 (not 200), so the discriminator's own sync is exercised.
-    jobs.train.Stage2Loss = EarlyGanLoss
+    jobs.train.trainer.Stage2Loss = EarlyGanLoss
     ctx, _ = init_distributed(cfg.device)
     trainer = RecordingTrainer(cfg, ctx)
     finished = trainer.run()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jobs.train_losses import autoencoder_loss, chroma_l1
+from jobs.common.colour import chroma_l1
+from jobs.train.losses import autoencoder_loss
 from oscar_core import OscarModel, get_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.cli import main
+from jobs.cli.main import main
 from oscar_core import Codec, OscarModel, bitstream
 from oscar_core.hyper import OLD_LAYOUT
 from oscar_core.images import to_tensor, to_uint8

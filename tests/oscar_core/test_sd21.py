@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.cli import main
+from jobs.cli.main import main
 from oscar_core import Codec, bitstream
 from oscar_core.reference import load_reference, read_checkpoint
 from tests.conftest import smooth_image

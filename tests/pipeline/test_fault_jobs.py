@@ -30,7 +30,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from jobs.cli import main as cli_main
+from jobs.cli.main import main as cli_main
 from oscar_core import bitstream
 from pipeline import parquet, storage, storage_s3
 from pipeline.contract import DecodeTask, EncodeJob, Resources, WorkerConfig

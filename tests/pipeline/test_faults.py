@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.config import Config
 
-from jobs.cli import main as cli_main
+from jobs.cli.main import main as cli_main
 from pipeline import storage, storage_s3
 from tests.pipeline.conftest import LOCAL_S3, REPO
 from tests.pipeline.shards import image_bytes, tar_bytes

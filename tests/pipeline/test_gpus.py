@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from jobs.cli import main as cli_main
+from jobs.cli.main import main as cli_main
 from pipeline import dispatch, worker
 from pipeline.contract import EncodeTask, Resources, WorkerConfig
 from pipeline.dispatch import WorkersFailedToStart, check_resources

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.cli import main as cli_main
+from jobs.cli.main import main as cli_main
 from oscar_core import Codec
 from pipeline import storage_s3
 from tests.pipeline.shards import image_bytes, tar_bytes

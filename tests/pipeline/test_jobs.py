@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.cli import main as cli_main
+from jobs.cli.main import main as cli_main
 from pipeline import storage, storage_s3
 from pipeline.contract import DecodeJob, EncodeJob, Resources
 from pipeline.dispatch import run_tasks

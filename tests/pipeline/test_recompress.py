@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cli import main as cli_main
+from jobs.cli.main import main as cli_main
 from oscar_core import get_config
 from pipeline import storage
 from pipeline.contract import EncodeTask, QualityTask, WorkerConfig

@@ -1,0 +1,142 @@
+"""Benchmark section 6: peak RSS of one worker process for a shard of N vs 10N small images
+(flat memory: the worker never holds a whole shard). Each shard runs in a fresh process
+(``memory_probe``) so that the peak is that shard's alone. The goal is this benchmark's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from jobs.bench import shards
+from jobs.bench.common import BenchContext, SectionResult, not_run, table, verdict
+from jobs.common.paths import REPO
+from oscar_core.images import center_crop
+
+MEMORY_GOAL = 1.1  # bench's own: peak RSS of a 10x larger shard within 10% (flat memory)
+# what the fresh process runs: one memory_probe, its result as one JSON line on stdout
+_PROBE = (
+    "import json, sys; from jobs.bench.memory import memory_probe; "
+    "print('BENCH-RESULT ' + json.dumps(memory_probe(**json.loads(sys.argv[1]))))"
+)
+
+
+def _vm_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def memory_probe(model_dir: str, shard: str, out: str, rate: int, threads: int) -> dict:
+    """Runs in a fresh process: one ShardWorker, one shard; RSS figures in MiB."""
+    from pipeline.contract import EncodeTask, WorkerConfig
+    from pipeline.worker import ShardWorker
+
+    start = _vm_kb("VmRSS")
+    worker = ShardWorker(WorkerConfig(model_dir, threads=threads))
+    loaded_peak, loaded = _vm_kb("VmHWM"), _vm_kb("VmRSS")
+    try:  # reset VmHWM to the current RSS (Linux >= 4.0), so the peak is the shard's own
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    t0 = time.perf_counter()
+    result = worker.encode_shard(
+        EncodeTask(
+            shard=shard,
+            name="mem",
+            parquet_url=os.path.join(out, "mem.parquet"),
+            stats_url=os.path.join(out, "mem.stats.json"),
+            rate=worker.codec.ladder[rate],
+        )
+    )
+    return {
+        "images": result.samples,
+        "ok": result.ok,
+        "seconds": time.perf_counter() - t0,
+        "rss_start_mib": start / 1024,
+        "peak_rss_loading_mib": loaded_peak / 1024,
+        "rss_after_load_mib": loaded / 1024,
+        "peak_reset_after_load": reset,
+        "peak_rss_mib": _vm_kb("VmHWM") / 1024,  # during the shard when reset, else overall
+        "rss_end_mib": _vm_kb("VmRSS") / 1024,
+    }
+
+
+def section_memory(ctx: BenchContext) -> SectionResult:
+    """6. Peak RSS of one worker process for a shard of N vs 10N small images."""
+    title, goal = "Memory", f"peak RSS at 10x the shard size <= {MEMORY_GOAL}x (bench goal)"
+    api, why = shards.pipeline_api()
+    if api is None:
+        return not_run(title, goal, why, "peak RSS per actor, shards of 100 vs 1,000 images")
+    sizes = (10, 100) if ctx.quick else (100, 1000)
+    tile = [center_crop(i, 64) for i in ctx.images]
+    rate = shards.pipeline_rate(ctx)
+    runs = {}
+    for n in sizes:
+        shard = ctx.work_dir / "memory" / f"shard-{n}.tar"
+        shards.write_shard(shard, tile, n)
+        out = ctx.work_dir / "memory" / f"out-{n}"
+        args = {
+            "model_dir": str(ctx.model_dir),
+            "shard": str(shard),
+            "out": str(out),
+            "rate": rate,
+            "threads": ctx.threads,
+        }
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, json.dumps(args)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=1800,
+            check=False,
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
+        if proc.returncode or not lines:
+            raise RuntimeError(f"memory probe failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+        runs[n] = json.loads(lines[-1][len("BENCH-RESULT ") :])
+    small, big = (runs[n] for n in sizes)
+    ratio = big["peak_rss_mib"] / small["peak_rss_mib"]
+    ok = ratio <= MEMORY_GOAL
+    side = tile[0].shape
+    res = SectionResult(
+        title=title,
+        status=verdict(ok),
+        goal=goal,
+        measured=(
+            f"{sizes[0]} images {small['peak_rss_mib']:.0f} MiB, {sizes[1]} images "
+            f"{big['peak_rss_mib']:.0f} MiB peak ({ratio:.2f}x)"
+        ),
+        shortfall=None if ok else f"{ratio:.2f}x, {ratio - MEMORY_GOAL:.2f}x over",
+        method=(
+            f"a fresh process per shard holding one ShardWorker (the Ray actor class, outside "
+            f"Ray: Ray's own processes add ~1 GB across the node), {side[1]}x{side[0]} PNGs, "
+            f"rate {rate}; peak = VmHWM, reset after the model is loaded (clear_refs 5) so it "
+            "is the shard's peak"
+        ),
+        figures={f"peak_rss_{n}_mib": v["peak_rss_mib"] for n, v in runs.items()},
+        tables=[
+            table(
+                "One worker process",
+                ["images", "peak RSS in the shard MiB", "growth over loaded MiB"]
+                + ["RSS after model load MiB", "peak while loading MiB", "seconds"],
+                [
+                    [n, v["peak_rss_mib"], v["peak_rss_mib"] - v["rss_after_load_mib"]]
+                    + [v["rss_after_load_mib"], v["peak_rss_loading_mib"], v["seconds"]]
+                    for n, v in runs.items()
+                ],
+            )
+        ],
+        details={"runs": {str(n): v for n, v in runs.items()}},
+    )
+    if not ok:
+        per = (big["peak_rss_mib"] - small["peak_rss_mib"]) * 1024 / (sizes[1] - sizes[0])
+        res.reason = f"peak grows {per:.0f} KiB per extra image: something holds the shard"
+    return res

@@ -1,0 +1,167 @@
+"""The codec verbs of ``oscar``: files in, files out, one process (``oscar_core.Codec``).
+
+    oscar compress IN... -o OUT_DIR --rate R     -> OUT_DIR/<stem>.oscar
+    oscar decompress IN.oscar... -o OUT_DIR      -> OUT_DIR/<stem>.png
+    oscar info FILE                              -> JSON on stdout
+    oscar rates [--json]                         -> the rate ladder
+
+A bad input file is one ``oscar: error: <file>: <reason>`` line; the others are still done
+and the exit status is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from jobs.cli.common import EXIT_BAD_INPUT, add_command, add_precision, print_error
+
+
+def _load_codec(args: argparse.Namespace):
+    import torch
+
+    from oscar_core import Codec
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return Codec.from_pretrained(
+        args.model,
+        batch_size=getattr(args, "batch_size", 4),
+        precision=getattr(args, "precision", "fp32"),  # ValueError (exit 2) without bf16
+        **({"max_pixels": args.max_pixels} if getattr(args, "max_pixels", None) else {}),
+    )
+
+
+def _output_dir(path: str) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from oscar_core.images import to_rgb_array
+
+    codec = _load_codec(args)
+    rate = codec.ladder.resolve(args.rate)  # ValueError -> exit 2 in main
+    out_dir = _output_dir(args.output)
+    failed, names, arrays = 0, [], []
+    for name in args.inputs:
+        try:
+            with Image.open(name) as img:
+                img.load()
+                arrays.append(to_rgb_array(img))
+            names.append(name)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            print_error(name, f"cannot read image: {exc}")
+            failed += 1
+    streams = codec.compress(arrays, rate.index) if arrays else []
+    for name, array, stream in zip(names, arrays, streams, strict=True):
+        target = out_dir / (Path(name).stem + ".oscar")
+        target.write_bytes(stream)
+        h, w = array.shape[:2]
+        print(f"{name} -> {target} ({len(stream)} bytes, {8 * len(stream) / (h * w):.4f} bpp)")
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from oscar_core import BitstreamError
+
+    codec = _load_codec(args)
+    out_dir = _output_dir(args.output)
+    failed, names, parsed = 0, [], []
+    for name in args.inputs:
+        try:
+            parsed.append(codec.parse(Path(name).read_bytes()))
+            names.append(name)
+        except (OSError, BitstreamError) as exc:
+            print_error(name, f"cannot decode: {exc}")
+            failed += 1
+    images = codec.decode_parsed(parsed) if parsed else []
+    for name, image in zip(names, images, strict=True):
+        target = out_dir / (Path(name).stem + ".png")
+        Image.fromarray(image).save(target)
+        print(f"{name} -> {target} ({image.shape[1]}x{image.shape[0]})")
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from oscar_core import BitstreamError, bitstream
+    from oscar_core.images import padded_size
+
+    codec = _load_codec(args)
+    try:
+        data = Path(args.file).read_bytes()
+        header, payload = bitstream.unpack(data, codec.model_id)  # CRC seeded with the id
+    except (OSError, BitstreamError) as exc:
+        print_error(args.file, f"cannot read bitstream: {exc}")
+        return EXIT_BAD_INPUT
+    on_ladder = header.rate_index < len(codec.ladder)
+    rate = codec.ladder[header.rate_index] if on_ladder else None
+    latent_shape = None
+    if rate is not None:  # derived from (H, W) and the rate's padding rule, as the decoder does
+        ph, pw = padded_size(header.height, header.width, codec.model.pad_multiple(rate.index))
+        latent_shape = [4, ph // 8, pw // 8]
+    info = {
+        "file": args.file,
+        "format_version": header.version,
+        "bytes": len(data),
+        "payload_bytes": len(payload),
+        "width": header.width,
+        "height": header.height,
+        "latent_shape": latent_shape,
+        "rate_index": header.rate_index,
+        "nominal_bpp": round(rate.nominal_bpp, 6) if rate else None,
+        "measured_bpp": round(8 * len(data) / (header.width * header.height), 6),
+        "pseudo_timestep": rate.t if rate else None,
+        "model_id": header.model_id.hex(),  # verified: the CRC is seeded with it
+        # the entropy coder's pmf for this rate: "fitted" from images, or still "uniform"
+        # (an imported reference model before `oscar fit-entropy`): bytes, never pixels
+        "pmf": ("fitted" if codec.model.pmf_fitted(rate.index) else "uniform") if rate else None,
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_rates(args: argparse.Namespace) -> int:
+    from oscar_core import OscarModel
+
+    ladder = OscarModel.config_from_pretrained(args.model).rate_ladder()
+    rows = [r.to_dict() for r in ladder]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'index':>5} {'bpp':>8} {'ss':>4} {'K':>6} {'t':>5}")
+    for r in rows:
+        print(f"{r['index']:>5} {r['nominal_bpp']:>8.5f} {r['ss']:>4} {r['K']:>6} {r['t']:>5}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "compress", cmd_compress, "compress images to .oscar bitstreams")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files (png, jpg, webp, ...)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--rate", required=True, help="ladder index (0..7) or nominal bpp (0.0313)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_precision(p)
+
+    p = add_command(sub, "decompress", cmd_decompress, "decode .oscar bitstreams to PNG")
+    p.add_argument("inputs", nargs="+", metavar="IN.oscar")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--max-pixels", type=int, default=None, help="refuse streams declaring more (64 MP)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_precision(p)
+
+    p = add_command(sub, "info", cmd_info, "describe a bitstream as JSON")
+    p.add_argument("file", metavar="FILE")
+
+    p = add_command(sub, "rates", cmd_rates, "print the rate ladder")
+    p.add_argument("--json", action="store_true")

@@ -1,0 +1,151 @@
+"""One image against OSCAR and every classic codec at OSCAR's bpp: the rows of ``oscar eval``.
+
+``evaluate_image`` compresses the image with OSCAR at each rate (bpp from the real
+bitstream), then searches each classic codec for the quality whose bpp is the closest NOT
+ABOVE OSCAR's (``jobs.eval.codecs.QualityTable``); a codec that cannot go that low is
+reported "cannot reach" and tried on the image downscaled (``avif@1/2``, ...). Everything
+lands in an ``EvalState``: the rows, the crops of the contact sheet, the timings.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from jobs.eval.codecs import ClassicCodec, QualityTable
+from jobs.eval.metrics import METRICS, Metric
+from oscar_core.images import center_crop
+
+SHEET_CROP = 256  # side of the contact sheet's centre crops
+
+
+@dataclass
+class Sample:
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8
+
+
+@dataclass
+class EvalState:
+    """What the loop accumulates: rows, crops for the contact sheet, timings."""
+
+    metrics: dict[str, Metric]
+    rows: list[dict] = field(default_factory=list)
+    crops: dict[tuple[str, int, str], tuple[np.ndarray, dict]] = field(default_factory=dict)
+    originals: dict[str, np.ndarray] = field(default_factory=dict)  # sheet images' crops
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def score(self, ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
+        t0 = time.perf_counter()
+        out = {METRICS[n].column: float(fn(ref, test)) for n, fn in self.metrics.items()}
+        self.seconds["metrics"] += time.perf_counter() - t0
+        return out
+
+
+def load_samples(paths: list[Path]) -> tuple[list[Sample], list[str]]:
+    """Decode each file to RGB (names: file stems, made unique) -> samples, one error line
+    per unreadable file."""
+    from PIL import Image
+
+    from oscar_core.images import to_rgb_array
+
+    samples, errors, stems = [], [], [p.stem for p in paths]
+    for path in paths:
+        name = path.stem if stems.count(path.stem) == 1 else str(path)  # names must be unique
+        try:
+            with Image.open(path) as img:
+                img.load()
+                samples.append(Sample(name, to_rgb_array(img)))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            errors.append(f"{path}: cannot read image: {exc}")
+    return samples, errors
+
+
+def make_row(sample: Sample, label: str, codec: str, rate, target: float, **values) -> dict:
+    h, w = sample.image.shape[:2]
+    row = {"image": sample.name, "width": w, "height": h, "codec": codec, "variant": label}
+    row |= {"rate": rate.index, "nominal_bpp": round(rate.nominal_bpp, 6), "target_bpp": target}
+    return row | values
+
+
+def evaluate_image(
+    sample: Sample,
+    codec,
+    rates: list,
+    classic: dict[str, ClassicCodec],
+    downscales: list[int],
+    state: EvalState,
+    keep: bool,
+    sheet_codec: str | None,
+) -> None:
+    """All rows for one image: OSCAR at each rate, then each codec at each OSCAR bpp."""
+    ref = sample.image
+    h, w = ref.shape[:2]
+    targets: dict[int, float] = {}
+    if keep:
+        state.originals[sample.name] = center_crop(ref, SHEET_CROP)
+    for rate in rates:
+        t0 = time.perf_counter()
+        stream = codec.compress([ref], rate.index)[0]
+        t1 = time.perf_counter()
+        decoded = codec.decompress([stream])[0]
+        t2 = time.perf_counter()
+        state.seconds["oscar"] += t2 - t0
+        bpp = 8 * len(stream) / (h * w)
+        targets[rate.index] = bpp
+        scores = state.score(ref, decoded)
+        state.rows.append(
+            make_row(sample, "oscar", "oscar", rate, bpp, bpp=bpp, bytes=len(stream))
+            | {"quality": rate.index, "reached": True, **scores}
+            | {"enc_ms": 1000 * (t1 - t0), "dec_ms": 1000 * (t2 - t1)}
+        )
+        if keep:
+            state.crops[(sample.name, rate.index, "oscar")] = (
+                center_crop(decoded, SHEET_CROP),
+                state.rows[-1],
+            )
+    for name, cc in classic.items():
+        tables: dict[int, QualityTable] = {}
+        memo: dict[tuple[int, int], tuple[dict, float, np.ndarray]] = {}
+        for rate in rates:
+            target = targets[rate.index]
+            for scale in [1, *downscales]:
+                t0 = time.perf_counter()
+                if scale not in tables:
+                    tables[scale] = QualityTable(cc, ref, scale)
+                table = tables[scale]
+                hit = table.search(target)
+                state.seconds["search"] += time.perf_counter() - t0
+                if hit is None:  # cannot reach: report the lowest setting, no metrics
+                    low = table.get(cc.q_min)
+                    state.rows.append(
+                        make_row(sample, table.name, name, rate, target, bpp=low.bpp)
+                        | {"bytes": len(low.data), "quality": low.quality, "reached": False}
+                        | {"enc_ms": low.enc_ms, "dec_ms": math.nan}
+                    )
+                    continue
+                key = (scale, hit.quality)
+                if key not in memo:
+                    t0 = time.perf_counter()
+                    decoded, dec_ms = table.decode(hit.quality)
+                    state.seconds["search"] += time.perf_counter() - t0
+                    memo[key] = (
+                        state.score(ref, decoded),
+                        dec_ms,
+                        center_crop(decoded, SHEET_CROP),
+                    )
+                scores, dec_ms, crop = memo[key]
+                state.rows.append(
+                    make_row(sample, table.name, name, rate, target, bpp=hit.bpp)
+                    | {"bytes": len(hit.data), "quality": hit.quality, "reached": True, **scores}
+                    | {"enc_ms": hit.enc_ms, "dec_ms": dec_ms}
+                )
+                if keep and name == sheet_codec:
+                    state.crops[(sample.name, rate.index, table.name)] = (crop, state.rows[-1])
+                if scale == 1:
+                    break  # the full-size image reached the point: no downscaled variants
