@@ -19,6 +19,7 @@ read of the tar's head, up to the last picked sample.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import math
 import time
@@ -269,8 +270,4 @@ def _mean_bpp(stats: list[Any]) -> float | None:
 
 
 def _has_msssim() -> bool:
-    try:
-        import pytorch_msssim  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("pytorch_msssim") is not None

@@ -8,6 +8,9 @@ import os
 import numpy as np
 import pytest
 
+# The local S3 server's fixtures (s3_env, s3_bucket) for every directory: one server a run.
+pytest_plugins = ["tests.s3_server"]
+
 
 def pytest_collection_modifyitems(config, items):
     cuda_items = [item for item in items if item.get_closest_marker("cuda")]

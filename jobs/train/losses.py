@@ -5,7 +5,7 @@ gives local weights (``lpips_weights``; nothing is downloaded). DISTS is not sup
 Adversarial loss: a small patch discriminator on pixels with the hinge loss. Unlike the
 reference (whose discriminator call sits under ``no_grad``), the generator term
 ``-D(x_hat)`` keeps its graph, so its gradient reaches the denoiser and the hyper-encoders
-(tested in tests/jobs/test_train.py). Stage 3's loss is ``decoder.py``.
+(tested in tests/jobs/train/test_train.py). Stage 3's loss is ``decoder.py``.
 """
 
 from __future__ import annotations

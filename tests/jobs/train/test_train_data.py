@@ -15,7 +15,7 @@ import pytest
 from jobs.train.data import load_images, shard_urls
 from jobs.train.trainer import Trainer
 from pipeline import storage
-from tests.jobs.test_train import tiny_run
+from tests.jobs.train.test_train import tiny_run
 from tests.pipeline.shards import image_bytes, tar_bytes
 
 

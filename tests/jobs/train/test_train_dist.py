@@ -20,7 +20,7 @@ from jobs.train.dist import init_distributed, launch
 from jobs.train.losses import Stage2Loss
 from jobs.train.trainer import Trainer
 from oscar_core import OscarModel
-from tests.jobs.test_train import tiny_run
+from tests.jobs.train.test_train import tiny_run
 
 
 def checksum(model: torch.nn.Module) -> str:
