@@ -35,7 +35,7 @@ from . import bitstream
 from .entropy import IndexCoder
 from .errors import BitstreamError
 from .hyper import channel_rms, match_norms
-from .images import crop, pad_reflect, padded_size, to_rgb_array, to_tensor, to_uint8
+from .images import crop, pad_reflect, padded_size, rgb_arrays, to_tensor, to_uint8
 from .ladder import Rate, RateLadder
 from .model import OscarModel
 from .precision import compute_precision, configure_cuda_determinism, resolve_precision
@@ -137,12 +137,7 @@ class Codec:
     ) -> list[bytes]:
         # 1. Check inputs (all of them, before any work)
         r = self.ladder.resolve(rate)
-        arrays = []
-        for i, image in enumerate(images):
-            try:
-                arrays.append(to_rgb_array(image))
-            except ValueError as exc:
-                raise ValueError(f"image {i}: {exc}") from None
+        arrays = rgb_arrays(images)
         out: list[bytes | None] = [None] * len(arrays)
         # 2. Code same-size images together
         for positions in self._batches([a.shape[:2] for a in arrays]):
@@ -184,11 +179,7 @@ class Codec:
         computed once per image, padded to the largest multiple any rate needs."""
         multiple = max(self.model.pad_multiple(r.index) for r in self.ladder)
         counts = [np.zeros(r.K, dtype=np.int64) for r in self.ladder]
-        for i, image in enumerate(images):
-            try:
-                array = to_rgb_array(image)
-            except ValueError as exc:
-                raise ValueError(f"image {i}: {exc}") from None
+        for array in rgb_arrays(images):
             z0 = self._latents([array], multiple)
             for r in self.ladder:
                 indices = self.model.hypers[r.index].encode_indices(z0).cpu().numpy()

@@ -8,6 +8,8 @@ CMYK and YCbCr are converted by Pillow. Output images are always RGB uint8.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,18 @@ from PIL import Image
 from torch import Tensor
 
 MAX_SIDE = 65535  # the bitstream stores H and W as uint16
+
+
+def rgb_arrays(images: Sequence[Image.Image | np.ndarray]) -> list[np.ndarray]:
+    """Every image through ``to_rgb_array``, all checked before any work: ValueError
+    naming the first bad image's position."""
+    arrays = []
+    for i, image in enumerate(images):
+        try:
+            arrays.append(to_rgb_array(image))
+        except ValueError as exc:
+            raise ValueError(f"image {i}: {exc}") from None
+    return arrays
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .codec import Codec
-from .images import to_rgb_array
+from .images import rgb_arrays
 from .ladder import Rate
 from .metrics import METRICS
 
@@ -92,12 +92,7 @@ def compress_to_target(
     codec: Codec, images: Sequence[Image.Image | np.ndarray], target: Target
 ) -> list[TargetResult]:
     """One ``TargetResult`` per image, in input order (see the module docstring)."""
-    arrays = []
-    for i, image in enumerate(images):  # all inputs checked before any work
-        try:
-            arrays.append(to_rgb_array(image))
-        except ValueError as exc:
-            raise ValueError(f"image {i}: {exc}") from None
+    arrays = rgb_arrays(images)  # all inputs checked before any work
     rates = list(codec.ladder)
     n = len(arrays)
     lo, hi = [0] * n, [len(rates) - 1] * n

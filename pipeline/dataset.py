@@ -35,10 +35,10 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from oscar_core.codec import Codec, Parsed
-from oscar_core.errors import BitstreamError
+from oscar_core.codec import Codec
 
 from . import storage
+from .archive import RowOutcome, decode_rows, load_codec
 from .parquet import check_schema
 
 # The columns yielded as metadata (besides the decoded image); ``metadata`` is parsed JSON.
@@ -64,6 +64,20 @@ class ReadStats:
     error_rows: int = 0  # status "error" in the archive: nothing to decode
     bad_streams: int = 0  # a bitstream the codec refused (another model, corrupt)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason), first 100
+
+    def count(self, out: RowOutcome) -> bool:
+        """Count one outcome; True when it is to be yielded."""
+        self.rows += 1
+        if out.kind == "ok":
+            self.yielded += 1
+            return True
+        if out.kind == "error_row":
+            self.error_rows += 1
+        else:
+            self.bad_streams += 1
+            if len(self.failures) < 100:
+                self.failures.append((out.row["key"], out.error or ""))
+        return False
 
 
 @dataclass(frozen=True)
@@ -154,10 +168,7 @@ class ArchiveDataset(IterableDataset):
 
     def codec(self) -> Codec:
         if self._codec is None:
-            directory = storage.local_model_dir(self.model) if self.model else None
-            self._codec = Codec.from_pretrained(
-                directory, device=self.device, batch_size=self.codec_batch
-            )
+            self._codec = load_codec(self.model, self.device, self.codec_batch)
         return self._codec
 
     def my_units(self) -> list[Unit]:
@@ -170,7 +181,9 @@ class ArchiveDataset(IterableDataset):
         self.stats = ReadStats()
         for unit in self.my_units():
             for rows in iter_unit(unit, self.batch_rows):
-                yield from decode_rows(self.codec(), rows, self.stats)
+                for out in decode_rows(self.codec(), rows):
+                    if self.stats.count(out):
+                        yield item(out)
         if self.stats.error_rows or self.stats.bad_streams:
             logging.getLogger(__name__).warning(
                 "archive read: %d rows, %d yielded, %d error rows, %d bad bitstreams skipped",
@@ -193,26 +206,8 @@ def iter_unit(unit: Unit, batch_rows: int) -> Iterator[list[dict[str, Any]]]:
             yield batch.to_pylist()
 
 
-def decode_rows(
-    codec: Codec, rows: list[dict[str, Any]], stats: ReadStats
-) -> Iterator[tuple[str, torch.Tensor, dict[str, Any]]]:
-    """Parse every row's bitstream, decode the good ones in batches, yield in row order."""
-    ready: list[tuple[dict[str, Any], Parsed]] = []
-    for row in rows:
-        stats.rows += 1
-        if row["status"] != "ok":
-            stats.error_rows += 1
-            continue
-        try:
-            ready.append((row, codec.parse(row["bitstream"] or b"")))
-        except BitstreamError as exc:
-            stats.bad_streams += 1
-            if len(stats.failures) < 100:
-                stats.failures.append((row["key"], str(exc)))
-    images = codec.decode_parsed([p for _, p in ready]) if ready else []
-    for (row, _), image in zip(ready, images, strict=True):
-        stats.yielded += 1
-        meta = {c: row[c] for c in META_COLUMNS}
-        meta["metadata"] = json.loads(row["metadata"] or "{}")
-        # (H,W,3) uint8 numpy -> (3,H,W) uint8 tensor, the torchvision convention
-        yield row["key"], torch.from_numpy(image).permute(2, 0, 1).contiguous(), meta
+def item(out: RowOutcome) -> tuple[str, torch.Tensor, dict[str, Any]]:
+    """``(key, (3,H,W) uint8 tensor, meta)`` of a decoded row (torchvision's layout)."""
+    meta = {c: out.row[c] for c in META_COLUMNS}
+    meta["metadata"] = json.loads(out.row["metadata"] or "{}")
+    return out.row["key"], torch.from_numpy(out.image).permute(2, 0, 1).contiguous(), meta

@@ -31,14 +31,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 from PIL import Image
 
 from oscar_core import CODEC_VERSION
-from oscar_core.codec import Codec
-from oscar_core.errors import BitstreamError
 
-from . import storage
+from .archive import decode_rows, load_codec
 from .parquet import SCHEMA
 
 # What DecodeBatch returns per row: the image as PNG-free raw pixels (H*W*3 bytes) with its
@@ -56,26 +53,6 @@ DECODED_SCHEMA = pa.schema(
 )
 
 
-def pick_ray_device() -> str:
-    """ "cuda" when Ray gave this actor a GPU (and CUDA is there), else "cpu"."""
-    try:
-        import ray
-
-        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
-    except ImportError:
-        gpus = []
-    if gpus and not torch.cuda.is_available():
-        raise RuntimeError(f"Ray assigned GPU {gpus} but torch.cuda.is_available() is False")
-    return "cuda" if gpus else "cpu"
-
-
-def load_codec(model: str | None, device: str | None, codec_batch: int) -> Codec:
-    directory = storage.local_model_dir(model) if model else None
-    return Codec.from_pretrained(
-        directory, device=device or pick_ray_device(), batch_size=codec_batch
-    )
-
-
 def image_from_pixels(row: dict[str, Any]) -> np.ndarray:
     """A ``DECODED_SCHEMA`` row's pixels as an (H,W,3) uint8 array."""
     return np.frombuffer(row["pixels"], np.uint8).reshape(row["height"], row["width"], 3)
@@ -91,25 +68,16 @@ class DecodeBatch:
         self.codec = load_codec(model, device, codec_batch)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        out: list[dict[str, Any]] = []
-        good: list[int] = []
-        parsed = []
-        for i, row in enumerate(rows):
-            meta = row.get("metadata")
-            out.append({"key": row["key"], "status": "error", "metadata": meta})
-            if row["status"] != "ok":
-                out[i]["error_message"] = row.get("error_message") or "error row in the archive"
-                continue
-            try:
-                parsed.append(self.codec.parse(row["bitstream"] or b""))
-                good.append(i)
-            except BitstreamError as exc:
-                out[i]["error_message"] = f"BitstreamError: {exc}"
-        images = self.codec.decode_parsed(parsed) if parsed else []
-        for i, image in zip(good, images, strict=True):
-            h, w = image.shape[:2]
-            out[i].update(status="ok", height=h, width=w, pixels=image.tobytes())
+        out = []
+        for o in decode_rows(self.codec, batch.to_pylist()):
+            row = {"key": o.row["key"], "metadata": o.row.get("metadata")}
+            if o.image is None:
+                out.append({**row, "status": "error", "error_message": o.error})
+            else:
+                h, w = o.image.shape[:2]
+                out.append(
+                    {**row, "status": "ok", "height": h, "width": w, "pixels": o.image.tobytes()}
+                )
         return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)
 
 

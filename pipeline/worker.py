@@ -75,7 +75,8 @@ def pick_device(gpu_ids: list[Any]) -> str:
     )
 
 
-def _ray_gpu_ids() -> list[Any]:
+def ray_gpu_ids() -> list[Any]:
+    """The GPU ids Ray assigned to this process ([] outside Ray or without GPUs)."""
     try:
         import ray
     except ImportError:  # the plain class works without Ray (tests, one-off use)
@@ -105,7 +106,7 @@ class ShardWorker:
         # bomb limit so it never rejects an image the job's limit allows.
         if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < config.max_pixels:
             Image.MAX_IMAGE_PIXELS = config.max_pixels
-        self.gpu_ids = _ray_gpu_ids()
+        self.gpu_ids = ray_gpu_ids()
         device = pick_device(self.gpu_ids)
         self.codec = Codec.from_pretrained(  # an s3:// model is cached on this node first
             storage.local_model_dir(config.model_dir),

@@ -91,7 +91,7 @@ def test_pick_device_on_fake_gpus_is_the_cpu_when_asked(monkeypatch):
 def test_worker_given_a_gpu_without_cuda_fails_before_loading_the_model(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv(worker.FAKE_GPUS_ENV, raising=False)
-    monkeypatch.setattr(worker, "_ray_gpu_ids", lambda: [0])
+    monkeypatch.setattr(worker, "ray_gpu_ids", lambda: [0])
     # a missing model would raise FileNotFoundError: the GPU check comes first
     with pytest.raises(RuntimeError, match=r"Ray assigned GPU 0 .* is False"):
         ShardWorker(WorkerConfig(str(tmp_path / "no-model")))
@@ -119,7 +119,7 @@ def test_actor_error_names_the_init_exception():
 
 @pytest.mark.cuda
 def test_worker_given_a_gpu_codes_on_it(monkeypatch, tmp_path, tiny_model_dir):
-    monkeypatch.setattr(worker, "_ray_gpu_ids", lambda: [0])  # what Ray would hand over
+    monkeypatch.setattr(worker, "ray_gpu_ids", lambda: [0])  # what Ray would hand over
     shard_worker = ShardWorker(WorkerConfig(tiny_model_dir, batch_size=2))
     assert shard_worker.describe()["device"] == "cuda:0"
     shard = tmp_path / "s.tar"
