@@ -18,15 +18,11 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from jobs.demo.servers import local_s3_command
 from pipeline import storage, storage_s3
-
-REPO = Path(__file__).resolve().parents[1]
-LOCAL_S3 = REPO / "infra" / "local_s3"
-
 
 # Tests get their own server: a fresh state directory per session (a state dir left by a
 # killed run can wedge radosgw's start-up), a port away from the demo's 7480, and memstore
@@ -40,14 +36,7 @@ _TEST_S3_ENV = {
 
 
 def _run(cmd: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(LOCAL_S3), cmd],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **_TEST_S3_ENV},
-    )
+    return local_s3_command(cmd, _TEST_S3_ENV, timeout)
 
 
 @pytest.fixture(scope="session")

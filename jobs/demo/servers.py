@@ -33,7 +33,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _local_s3(cmd: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+def local_s3_command(
+    cmd: str, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``infra/local_s3 CMD`` (start, status, env, stop) with ``env`` over ours."""
     return subprocess.run(
         [str(LOCAL_S3), cmd],
         capture_output=True,
@@ -49,14 +52,14 @@ def local_s3() -> Iterator[dict[str, str]]:
     """The local S3 server's AWS_* settings, exported into os.environ; the server is
     stopped at the end if this call started it."""
     settings: dict[str, str] = {}  # default state dir .local_s3, port 7480
-    if _local_s3("status", settings, timeout=60).returncode == 0:
+    if local_s3_command("status", settings, timeout=60).returncode == 0:
         say("local S3 already running on 127.0.0.1:7480: using it (left running)")
         started, tmp_state = False, None
-        proc = _local_s3("env", settings)
+        proc = local_s3_command("env", settings)
     else:
         say("starting the local S3 server (Ceph radosgw, 127.0.0.1:7480; first time ~30 s)")
         started, tmp_state = True, None
-        proc = _local_s3("start", settings)
+        proc = local_s3_command("start", settings)
         if proc.returncode != 0:  # a stale state dir can wedge radosgw: a fresh one
             last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
             tmp_state = tempfile.mkdtemp(prefix="oscar-demo-s3-")
@@ -69,7 +72,7 @@ def local_s3() -> Iterator[dict[str, str]]:
                 f"default state dir failed ({last[0] if last else 'no output'}); "
                 f"retrying with {tmp_state} on port {settings['OSCAR_S3_PORT']}"
             )
-            proc = _local_s3("start", settings)
+            proc = local_s3_command("start", settings)
             if proc.returncode != 0:
                 shutil.rmtree(tmp_state, ignore_errors=True)
                 raise RuntimeError(f"infra/local_s3 start failed:\n{proc.stderr[-3000:]}")
@@ -85,7 +88,7 @@ def local_s3() -> Iterator[dict[str, str]]:
     finally:
         if started:
             say("stopping the local S3 server")
-            _local_s3("stop", settings, timeout=180)
+            local_s3_command("stop", settings, timeout=180)
             if tmp_state:
                 shutil.rmtree(tmp_state, ignore_errors=True)
 

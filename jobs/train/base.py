@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jobs.train.config import TrainConfig
 from oscar_core import OscarModel, get_config
-from oscar_core.reference import load_sd21_weights, sd21_config
+from oscar_core.sd21 import load_sd21_weights, sd21_config
 
 
 def starting_model(config: TrainConfig, checkpoint_dir: Path) -> OscarModel:

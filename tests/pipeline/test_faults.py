@@ -41,9 +41,9 @@ import pytest
 from botocore.config import Config
 
 from jobs.cli.main import main as cli_main
+from jobs.common.paths import LOCAL_S3, REPO
 from pipeline import storage, storage_s3
 from tests.pipeline.shards import image_bytes, tar_bytes
-from tests.s3_server import LOCAL_S3, REPO
 
 CANARY = f"oscar-canary-{uuid.uuid4().hex}"  # the secret key that must never be written
 N_SHARDS, PER_SHARD = 3, 16

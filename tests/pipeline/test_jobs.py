@@ -33,12 +33,13 @@ import pytest
 from PIL import Image
 
 from jobs.cli.main import main as cli_main
+from jobs.common.paths import REPO
 from pipeline import storage, storage_s3
 from pipeline.contract import DecodeJob, EncodeJob, Resources
 from pipeline.dispatch import run_tasks
 from pipeline.runner import collect_status, run_decode, run_encode
 from tests.pipeline.shards import image_bytes, tar_bytes, truncate_in_member
-from tests.s3_server import REPO, empty_and_delete_bucket
+from tests.s3_server import empty_and_delete_bucket
 
 # One CPU actor: each actor imports torch (seconds of CPU), so tests start as few as they can.
 CPU = Resources(workers=1, gpus_per_worker=0, cpus_per_worker=1)

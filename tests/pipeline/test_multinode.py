@@ -34,8 +34,8 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.common.paths import REPO
 from tests.pipeline.shards import image_bytes, tar_bytes
-from tests.s3_server import REPO
 
 N_SHARDS, PER_SHARD = 4, 3
 RAY = str(Path(sys.executable).with_name("ray"))
