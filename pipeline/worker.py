@@ -324,7 +324,10 @@ class ShardWorker:
         except BaseException:
             sink.abort()
             raise
-        if task.errors_url:  # after the output: a listing never describes a missing output
+        # In row order (a batch notes parse errors before decode ones); after the output: a
+        # listing never describes an output that is not there.
+        result.notes.sort(key=lambda n: -1 if n.index_in_shard is None else n.index_in_shard)
+        if task.errors_url:
             write_notes(task.errors_url, result.notes)
         result.bytes_out = sink.bytes_out
         result.seconds = time.perf_counter() - t0
