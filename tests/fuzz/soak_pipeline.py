@@ -30,15 +30,7 @@ import numpy as np
 
 from pipeline import parquet, storage, storage_s3
 from pipeline.report import read_notes
-from tests.pipeline.mixed_shards import (
-    FAULTS,
-    FORMATS,
-    KINDS,
-    MAX_PIXELS,
-    build_shard,
-    check,
-    read_tar,
-)
+from tests.pipeline import mixed_shards as mixed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARDS, MAX_SAMPLES = 3, 16
@@ -51,12 +43,12 @@ def check_outputs(builds: dict, out: str, dec: str, fmt: str) -> list[str]:
     for name, build in builds.items():
         try:
             rows = parquet.read_table(f"{out}/{name}.parquet", columns=columns).to_pylist()
-            output = read_tar(storage.read_bytes(f"{dec}/{name}.tar"))
+            output = mixed.read_tar(storage.read_bytes(f"{dec}/{name}.tar"))
         except (OSError, ValueError) as exc:
             problems.append(f"{name}: output missing: {exc}")
             continue
         notes = [vars(n) for n in read_notes(f"{dec}/{name}.errors")]
-        problems += [f"{name}: {p}" for p in check(build.records, rows, output, notes, fmt)]
+        problems += [f"{name}: {p}" for p in mixed.check(build.records, rows, output, notes, fmt)]
     return problems
 
 
@@ -92,15 +84,22 @@ def soak(iterations: int, seconds: float) -> int:
         base = f"s3://{bucket}/it{it:03d}"
         builds = {}
         for s in range(SHARDS):
-            kinds = [str(k) for k in rng.choice(KINDS, size=int(rng.integers(1, MAX_SAMPLES)))]
-            fault = FAULTS[int(rng.integers(len(FAULTS)))]
-            builds[f"shard-{s:06d}"] = build_shard(kinds, int(rng.integers(1 << 30)), fault)
+            kinds = [
+                str(k) for k in rng.choice(mixed.KINDS, size=int(rng.integers(1, MAX_SAMPLES)))
+            ]
+            fault = mixed.FAULTS[int(rng.integers(len(mixed.FAULTS)))]
+            builds[f"shard-{s:06d}"] = mixed.build_shard(kinds, int(rng.integers(1 << 30)), fault)
         for name, build in builds.items():
             storage.put_bytes(f"{base}/in/{name}.tar", build.tar)
         rate, workers = int(rng.integers(0, 8)), int(rng.integers(1, 3))
-        fmt = FORMATS[int(rng.integers(len(FORMATS)))]
+        fmt = mixed.FORMATS[int(rng.integers(len(mixed.FORMATS)))]
         res = Resources(workers=workers, gpus_per_worker=0, cpus_per_worker=1)
-        common = {"max_pixels": MAX_PIXELS, "max_retries": 2, "backoff_s": 0.2, "progress": False}
+        common = {
+            "max_pixels": mixed.MAX_PIXELS,
+            "max_retries": 2,
+            "backoff_s": 0.2,
+            "progress": False,
+        }
         for run in range(2 if it % 2 else 1):
             out, dec = f"{base}/out", f"{base}/dec{run}"
             job = EncodeJob(

@@ -82,7 +82,7 @@ def s3_env() -> Iterator[dict[str, str]]:
             _run("stop", timeout=120)
 
 
-def _empty_and_delete_bucket(bucket: str) -> None:
+def empty_and_delete_bucket(bucket: str) -> None:
     client = storage_s3.s3_client()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
@@ -103,7 +103,7 @@ def s3_bucket(s3_env: dict[str, str]) -> Iterator[str]:
         yield bucket
     finally:
         storage_s3.reset_s3_client()  # a test may have swapped credentials
-        _empty_and_delete_bucket(bucket)
+        empty_and_delete_bucket(bucket)
 
 
 # ----------------------------------------------------------------- shard pipeline fixtures

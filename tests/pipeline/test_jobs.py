@@ -37,7 +37,7 @@ from pipeline import storage, storage_s3
 from pipeline.contract import DecodeJob, EncodeJob, Resources
 from pipeline.dispatch import run_tasks
 from pipeline.runner import collect_status, run_decode, run_encode
-from tests.pipeline.conftest import REPO, _empty_and_delete_bucket
+from tests.pipeline.conftest import REPO, empty_and_delete_bucket
 from tests.pipeline.shards import image_bytes, tar_bytes, truncate_in_member
 
 # One CPU actor: each actor imports torch (seconds of CPU), so tests start as few as they can.
@@ -119,7 +119,7 @@ def dataset(s3_env: dict[str, str]) -> Iterator[Dataset]:
         yield Dataset(bucket, shards, keys, errors, {**sizes0, **sizes1, **sizes2})
     finally:
         storage_s3.reset_s3_client()
-        _empty_and_delete_bucket(bucket)
+        empty_and_delete_bucket(bucket)
 
 
 def encode_job(ds: Dataset, out: str, model: str, **kw) -> EncodeJob:

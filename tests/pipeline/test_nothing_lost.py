@@ -43,7 +43,7 @@ from pipeline import parquet, storage, storage_s3
 from pipeline.contract import DecodeTask, EncodeTask, WorkerConfig
 from pipeline.report import read_notes, read_stats
 from pipeline.worker import ShardWorker
-from tests.pipeline.conftest import _empty_and_delete_bucket
+from tests.pipeline.conftest import empty_and_delete_bucket
 from tests.pipeline.mixed_shards import (
     FAULTS,
     FORMATS,
@@ -101,7 +101,7 @@ def jobs(s3_env, ray_cluster, tiny_model_dir) -> Iterator[Jobs]:
         yield Jobs(bucket, src, out, dec, tiny_model_dir, mask, caption, encode_rc, decode_rc)
     finally:
         storage_s3.reset_s3_client()
-        _empty_and_delete_bucket(bucket)
+        empty_and_delete_bucket(bucket)
 
 
 def rows_of(url: str) -> list[dict]:
