@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .samples import name_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,13 @@ def iter_row_batches(
         check_schema(pf.schema_arrow, url)
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
             yield batch.to_pylist()
+
+
+def row_key(row: dict[str, Any]) -> str:
+    """A row's key as the pipeline's ``str`` (``samples.name_from_bytes``): from the exact
+    ``key_bytes`` where written, else the ``key`` text (a Parquet written by another tool)."""
+    raw = row.get("key_bytes")
+    return name_from_bytes(raw) if raw is not None else row["key"]
 
 
 def read_table(url: str, columns: list[str] | None = None) -> pa.Table:

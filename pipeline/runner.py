@@ -352,7 +352,7 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
         for u in urls
     ]
     results, failures, workers = _dispatch(job, tasks, "decode_shard", res)
-    _remove_stale_temps(u for t in tasks for u in (t.output, t.errors_url) if not t.as_files)
+    _remove_stale_temps([t.errors_url for t in tasks] + [t.output for t in tasks if not t.as_files])
     # 3. Report
     report = {
         "command": "decode-shards",

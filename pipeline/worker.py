@@ -16,8 +16,9 @@ Failure rules: a bad sample is an error row; an image the codec rejects (ValueEr
 cannot fit in memory is an error row; anything else (storage, a broken device) fails the
 shard, and the runner retries it. On decode, likewise, a row that cannot be written (a bad
 bitstream or key, Pillow refusing the image) is a note in the result and in the
-``<name>.errors`` listing, and the rest of the shard is written. A worker that cannot start (the model does not load, a
-GPU slot without CUDA: ``pick_device``) stops the job before any shard runs.
+``<name>.errors`` listing, and the rest of the shard is written. A worker that cannot start
+(the model does not load, a GPU slot without CUDA: ``pick_device``) stops the job before
+any shard runs.
 """
 
 from __future__ import annotations
@@ -50,14 +51,13 @@ from .contract import (
     ShardResult,
     WorkerConfig,
 )
-from .parquet import ShardParquetWriter, iter_row_batches
+from .parquet import ShardParquetWriter, iter_row_batches, row_key
 from .prefetch import Prefetch
 from .report import now_iso, write_notes, write_stats
 from .samples import (
     Sample,
     metadata_json,
     name_bytes,
-    name_from_bytes,
     name_text,
     read_samples,
     restore_fields,
@@ -66,6 +66,18 @@ from .sinks import FORMATS, FileSink, TarSink, encode_decoded, image_name, open_
 from .storage_base import StorageError
 
 log = logging.getLogger(__name__)
+
+# Columns decode reads (bitstreams and carried fields; not the encode statistics)
+DECODE_COLUMNS = (
+    "key",
+    "key_bytes",
+    "index_in_shard",
+    "status",
+    "error_message",
+    "image_field",
+    "bitstream",
+    "metadata",
+)
 
 
 # Tests only: Ray's GPUs are pretend ones (``ray.init(num_gpus=N)`` on a machine without
@@ -399,26 +411,6 @@ class ShardWorker:
             source = row.get("image_field") or "?"
             why = f"carried field {ext!r} kept; the image (from {source!r}) written as {name!r}"
             _note(result, row, NOTE_RENAMED, why)
-
-
-# Columns decode reads (bitstreams and carried fields; not the encode statistics)
-DECODE_COLUMNS = (
-    "key",
-    "key_bytes",
-    "index_in_shard",
-    "status",
-    "error_message",
-    "image_field",
-    "bitstream",
-    "metadata",
-)
-
-
-def row_key(row: dict[str, Any]) -> str:
-    """A row's key as the pipeline's ``str``: from the exact ``key_bytes`` where written,
-    else the ``key`` text (a Parquet written by another tool)."""
-    raw = row.get("key_bytes")
-    return name_from_bytes(raw) if raw is not None else row["key"]
 
 
 def _note(result: DecodeResult, row: dict[str, Any], kind: str, reason: str) -> None:
