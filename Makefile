@@ -62,10 +62,15 @@ fuzz: setup
 	done; grep -hE '^(Done|fuzz_bitstream \(hyp)' out/fuzz/fuzz.log | \
 		awk '{n += ($$1 == "Done") ? $$2 : $$3} END {print "make fuzz: " n " cases, none failed"}'
 
-# Repeated encode-shards jobs on random good and bad input, against its own local S3 and Ray:
-# every key exactly once each time. Bounded by OSCAR_SOAK_ITERATIONS (default 5) and
-# OSCAR_SOAK_SECONDS (default 1800).
+# Nothing lost, for longer: the property test of make test with OSCAR_NOTHING_LOST_EXAMPLES
+# random mixes (default 200) of good samples and every bad kind, then repeated encode-shards
+# + decode-shards jobs on such mixes against its own local S3 and Ray: every sample exactly
+# once each time, every carried field byte for byte. Bounded by OSCAR_SOAK_ITERATIONS
+# (default 5) and OSCAR_SOAK_SECONDS (default 1800).
+OSCAR_NOTHING_LOST_EXAMPLES ?= 200
 soak: setup
+	OMP_NUM_THREADS=1 OSCAR_NOTHING_LOST_EXAMPLES=$(OSCAR_NOTHING_LOST_EXAMPLES) $(PY) -m pytest -q \
+		-p no:cacheprovider tests/pipeline/test_nothing_lost.py -k random_mixes
 	OMP_NUM_THREADS=1 $(PY) -m tests.fuzz.soak_pipeline
 
 clean:

@@ -12,7 +12,8 @@ retries with ``attempt + 1``); every result has ``images_done`` (the progress ba
 travels as the ladder's ``Rate``, resolved once by the runner's ``RatePlan``; the worker's
 codec takes it as is. ``ShardResult`` is also the shard's stats JSON, the done marker: its
 fields are a file format (``to_json`` / ``from_dict``), so the rate is stored there as
-``rate_index`` and ``nominal_bpp``.
+``rate_index`` and ``nominal_bpp``, and the ``ShardDefinition`` (everything the shard's
+output depends on) as the dict ``definition``: a re-run compares it before skipping a shard.
 """
 
 from __future__ import annotations
@@ -92,12 +93,46 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class ShardDefinition:
+    """What one shard's output depends on, stored in its stats JSON (the done marker).
+
+    A re-run skips a done shard only when the job asks for the same definition; a different
+    one stops the job before any work (``runner.check_done_definitions``) unless
+    ``--overwrite``. Not in it: what cannot change a row (batch size, workers, retries).
+    """
+
+    model_sha256: str  # SHA-256 of the model directory's config.json + model.safetensors
+    codec_version: str  # oscar_core.CODEC_VERSION
+    bitstream_version: int  # oscar_core.bitstream.VERSION
+    schema_version: str  # parquet.SCHEMA_VERSION
+    rate_index: int
+    nominal_bpp: float
+    max_pixels: int  # decides which images are error rows
+    precision: str  # fp32 / bf16: different pixels, different indices
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def differences(self, recorded: dict[str, Any] | None) -> list[str]:
+        """``field recorded -> asked`` for each field that differs from ``recorded`` (a
+        stats JSON's ``definition``; None: written before definitions were recorded)."""
+        if not recorded:
+            return ["no recorded definition (written by an older version)"]
+        return [
+            f"{k} {recorded.get(k)!r} -> {v!r}"
+            for k, v in self.to_dict().items()
+            if recorded.get(k) != v
+        ]
+
+
+@dataclass(frozen=True)
 class EncodeTask:
     shard: str  # input tar URL
     name: str  # output stem
     parquet_url: str
     stats_url: str
     rate: Rate  # from the job's RatePlan, on the ladder of the model the worker loads
+    definition: ShardDefinition | None = None  # recorded in the stats JSON
     attempt: int = 1
 
 
@@ -108,6 +143,7 @@ class DecodeTask:
     output: str  # tar URL, or a directory URL when as_files
     format: str = "png"
     as_files: bool = False
+    errors_url: str | None = None  # the listing of rows not written as asked (JSON lines)
     attempt: int = 1
 
 
@@ -147,6 +183,7 @@ class ShardResult:
     worker: dict[str, Any] = field(default_factory=dict)  # the worker's describe()
     error_kinds: dict[str, int] = field(default_factory=dict)  # message -> count
     finished_at: str = ""
+    definition: dict[str, Any] | None = None  # ShardDefinition.to_dict() of the job
 
     @property
     def images_done(self) -> int:
@@ -166,9 +203,32 @@ class ShardResult:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+# What a decode note says about a row: nothing written (ERROR: the decode failed;
+# ENCODE_ERROR: an error row since encode), or written otherwise than asked (FALLBACK: in
+# another format; RENAMED: the image under another field name, a carried field had its name).
+NOTE_ERROR = "error"
+NOTE_ENCODE_ERROR = "encode_error"
+NOTE_FALLBACK = "fallback"
+NOTE_RENAMED = "renamed"
+NOTES_NOT_WRITTEN = (NOTE_ERROR, NOTE_ENCODE_ERROR)
+
+
+@dataclass
+class DecodeNote:
+    """One line of a decode's ``<name>.errors`` listing."""
+
+    index_in_shard: int | None  # identifies the row (keys may repeat in error rows)
+    key: str  # as text (the Parquet's ``key``)
+    kind: str  # one of the NOTE_* above
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+
 @dataclass
 class DecodeResult:
-    """One decoded Parquet: how many rows became images, and which could not."""
+    """One decoded Parquet: how many rows became images, and what happened to the others."""
 
     parquet: str
     name: str
@@ -176,7 +236,7 @@ class DecodeResult:
     rows: int = 0
     decoded: int = 0
     skipped_error_rows: int = 0  # rows that were already errors at encode time
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    notes: list[DecodeNote] = field(default_factory=list)  # every row not written as asked
     bytes_out: int = 0
     seconds: float = 0.0
     model_seconds: float = 0.0
@@ -186,6 +246,14 @@ class DecodeResult:
     @property
     def images_done(self) -> int:
         return self.decoded
+
+    def notes_of(self, kind: str) -> list[DecodeNote]:
+        return [n for n in self.notes if n.kind == kind]
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        """(key, reason) of the rows whose decode failed (nothing written for them)."""
+        return [(n.key, n.reason) for n in self.notes_of(NOTE_ERROR)]
 
 
 @dataclass

@@ -21,16 +21,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .samples import name_from_bytes
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+# 2: ``key_bytes`` (exact key bytes) and ``image_field`` (which field held the image)
+SCHEMA_VERSION = "2"
 ROW_GROUP_ROWS = 4096
 ROW_GROUP_BYTES = 64 << 20
 
 SCHEMA = pa.schema(
     [
-        pa.field("key", pa.string(), nullable=False),  # WebDataset key (path up to first dot)
+        # WebDataset key (member path up to the first dot of its basename) as UTF-8 text,
+        # each byte that is not UTF-8 written \xNN (samples.name_text) ...
+        pa.field("key", pa.string(), nullable=False),
+        # ... and its exact bytes from the tar; decode writes these (null: take ``key``)
+        pa.field("key_bytes", pa.binary()),
         pa.field("shard", pa.string(), nullable=False),  # input shard URL
         pa.field("index_in_shard", pa.int32(), nullable=False),  # position, 0-based
         pa.field("status", pa.string(), nullable=False),  # "ok" or "error"
@@ -41,6 +47,7 @@ SCHEMA = pa.schema(
         pa.field("pseudo_timestep", pa.int16()),  # the rate's t_r
         pa.field("width", pa.int32()),  # after EXIF orientation
         pa.field("height", pa.int32()),
+        pa.field("image_field", pa.string()),  # the field the image came from: jpg, png, ...
         pa.field("source_format", pa.string()),  # Pillow format name: JPEG, PNG, ...
         pa.field("source_mode", pa.string()),  # Pillow mode before RGB: RGB, RGBA, I;16, CMYK
         pa.field("source_frames", pa.int32()),  # > 1: an animation, first frame coded
@@ -50,7 +57,7 @@ SCHEMA = pa.schema(
         pa.field("bitstream_bytes", pa.int32()),
         pa.field("model_id", pa.string()),  # hex, as in the bitstream header
         pa.field("codec_version", pa.string()),
-        pa.field("metadata", pa.string()),  # JSON object: the sample's other fields
+        pa.field("metadata", pa.string()),  # JSON object: the other fields (samples.metadata_json)
         pa.field("encode_ms", pa.float32()),  # model time per image (batch time / batch)
     ],
     metadata={"oscar.schema_version": SCHEMA_VERSION},
@@ -130,6 +137,13 @@ def iter_row_batches(
         check_schema(pf.schema_arrow, url)
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
             yield batch.to_pylist()
+
+
+def row_key(row: dict[str, Any]) -> str:
+    """A row's key as the pipeline's ``str`` (``samples.name_from_bytes``): from the exact
+    ``key_bytes`` where written, else the ``key`` text (a Parquet written by another tool)."""
+    raw = row.get("key_bytes")
+    return name_from_bytes(raw) if raw is not None else row["key"]
 
 
 def read_table(url: str, columns: list[str] | None = None) -> pa.Table:

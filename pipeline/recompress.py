@@ -34,7 +34,14 @@ from .dispatch import check_resources, execute, ray_session
 from .parquet import read_table
 from .report import STATS_SUFFIX, now_iso, read_json, read_stats, recompress_markdown, write_json
 from .runner import JOB_CONFIG, join, run_encode
-from .samples import IMAGE_EXTS, SampleError, decode_image, group_by_key, tar_members
+from .samples import (
+    IMAGE_EXTS,
+    SampleError,
+    decode_image,
+    group_by_key,
+    name_text,
+    tar_members,
+)
 from .storage_base import StorageError
 from .worker import ShardWorker
 
@@ -111,7 +118,7 @@ class QualityWorker(ShardWorker):
                 row = picked.get(raw.index)
                 if row is None:
                     continue
-                if raw.key != row["key"]:
+                if name_text(raw.key) != row["key"]:  # the row holds the key as text
                     out[raw.index] = f"source changed: key {raw.key!r} at index {raw.index}"
                     continue
                 data = next((raw.fields[e] for e in IMAGE_EXTS if e in raw.fields), None)

@@ -16,10 +16,19 @@ from collections import Counter
 from typing import Any
 
 from . import storage
-from .contract import MAX_ERROR_KINDS, DecodeResult, ShardResult
+from .contract import (
+    MAX_ERROR_KINDS,
+    NOTE_ERROR,
+    NOTE_FALLBACK,
+    NOTE_RENAMED,
+    DecodeNote,
+    DecodeResult,
+    ShardResult,
+)
 
 STATS_SUFFIX = ".stats.json"
 FAILED_SUFFIX = ".failed.json"
+ERRORS_SUFFIX = ".errors"  # decode: the rows of one Parquet not written as asked
 
 
 def now_iso() -> str:
@@ -41,6 +50,24 @@ def write_stats(url: str, result: ShardResult) -> None:
 
 def read_stats(url: str) -> ShardResult:
     return ShardResult.from_dict(read_json(url))
+
+
+def write_notes(url: str, notes: list[DecodeNote]) -> None:
+    """A decode's ``<name>.errors`` listing: one JSON object per line (``index_in_shard``,
+    ``key``, ``kind``, ``reason``), in row order. With no notes there is no listing (one a
+    previous run left is deleted, so a listing always describes the output beside it)."""
+    if notes:
+        storage.atomic_put(url, "".join(n.to_json() + "\n" for n in notes).encode())
+    else:
+        storage.delete(url)
+
+
+def read_notes(url: str) -> list[DecodeNote]:
+    """The listing ``write_notes`` wrote ([] when there is none)."""
+    if not storage.exists(url):
+        return []
+    lines = storage.read_bytes(url).decode("utf-8").splitlines()
+    return [DecodeNote(**json.loads(line)) for line in lines if line]
 
 
 # ------------------------------------------------------------------------ job report
@@ -84,7 +111,9 @@ def decode_summary(results: list[DecodeResult], wall_seconds: float) -> dict[str
         "rows": sum(r.rows for r in results),
         "images_decoded": decoded,
         "rows_skipped_error": sum(r.skipped_error_rows for r in results),
-        "failures": sum(len(r.failures) for r in results),
+        "failures": sum(len(r.notes_of(NOTE_ERROR)) for r in results),
+        "fallbacks": sum(len(r.notes_of(NOTE_FALLBACK)) for r in results),
+        "renamed": sum(len(r.notes_of(NOTE_RENAMED)) for r in results),
         "bytes_out": sum(r.bytes_out for r in results),
         "wall_seconds": round(wall_seconds, 3),
         "images_per_s": _rate(decoded, wall_seconds),

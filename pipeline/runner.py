@@ -5,10 +5,12 @@
     collect_status(out)     done / failed / pending shards of an encode output
 
 Steps of a run: 1. validate everything (model dir, rates, shard list, output names, that the
-output is writable) before any work; 2. write the resolved job config next to the outputs;
-3. skip shards whose stats JSON exists; 4. start ``ShardWorker`` actors on Ray (a local
-instance bound to 127.0.0.1 unless an address is given); 5. hand out shards, retrying a
-failed one with exponential backoff and replacing an actor that died; 6. write the report.
+output is writable, that shards already done were done as this job asks: same
+``ShardDefinition``, else exit 2 naming the difference unless ``overwrite``) before any
+work; 2. write the resolved job config next to the outputs; 3. skip shards whose stats JSON
+exists; 4. start ``ShardWorker`` actors on Ray (a local instance bound to 127.0.0.1 unless
+an address is given); 5. hand out shards, retrying a failed one with exponential backoff and
+replacing an actor that died; 6. write the report.
 
 Output layout (``<out>`` is a local directory or an s3 prefix)::
 
@@ -17,10 +19,14 @@ Output layout (``<out>`` is a local directory or an s3 prefix)::
     <name>.stats.json        written last: the shard is done
     <name>.failed.json       the shard failed every retry (removed when it later succeeds)
     job_report.json / .md    the last run's report
+
+and of a decode: ``<name>.tar`` (or ``<name>/<key>.<ext>``), ``<name>.errors`` (the rows
+not written as asked, JSON lines; only when there are any), ``decode_report.json / .md``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -30,21 +36,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any
 
-from oscar_core import CODEC_VERSION, OscarConfig, OscarModel
+from oscar_core import CODEC_VERSION, OscarConfig, OscarModel, Rate
+from oscar_core.bitstream import VERSION as BITSTREAM_VERSION
+from oscar_core.config import CONFIG_NAME, WEIGHTS_NAME
 
 from . import storage
 from .contract import (
+    NOTE_FALLBACK,
+    NOTE_RENAMED,
     DecodeJob,
     DecodeTask,
     EncodeJob,
     EncodeTask,
     Resources,
+    ShardDefinition,
     ShardResult,
     WorkerConfig,
 )
 from .dispatch import check_resources, execute
+from .parquet import SCHEMA_VERSION
 from .rates import RatePlan, shard_name
 from .report import (
+    ERRORS_SUFFIX,
     FAILED_SUFFIX,
     STATS_SUFFIX,
     decode_summary,
@@ -98,12 +111,54 @@ def _redact(address: str | None) -> str | None:
 # --------------------------------------------------------------------------- encode
 
 
-def _check_model(model_dir: str) -> OscarConfig:
-    model_dir = storage.local_model_dir(model_dir)  # s3://...: downloaded once to a cache
+def _check_model(model_dir: str) -> tuple[OscarConfig, str]:
+    """The model's config and its local directory (an s3 one downloaded once to a cache)."""
+    model_dir = storage.local_model_dir(model_dir)
     config = OscarModel.config_from_pretrained(model_dir)  # FileNotFoundError / ValueError
-    if not os.path.isfile(os.path.join(model_dir, "model.safetensors")):
-        raise FileNotFoundError(f"model directory {model_dir}: missing model.safetensors")
-    return config
+    if not os.path.isfile(os.path.join(model_dir, WEIGHTS_NAME)):
+        raise FileNotFoundError(f"model directory {model_dir}: missing {WEIGHTS_NAME}")
+    return config, model_dir
+
+
+def model_sha256(local_dir: str) -> str:
+    """SHA-256 over a model directory's config.json and model.safetensors (name, size,
+    bytes). Why not the model id: that needs the weights loaded (minutes and GBs for
+    oscar-sd21, on the driver); hashing the files takes seconds and changes with them."""
+    h = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        path = os.path.join(local_dir, name)
+        h.update(f"{name}\0{os.path.getsize(path)}\0".encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def check_done_definitions(done: dict[str, str], asked: dict[str, ShardDefinition]) -> None:
+    """ValueError (one line) when a done shard's stats JSON records another definition than
+    the job asks for it. ``done``: shard URL -> its stats URL; ``asked``: shard URL -> def."""
+
+    def recorded_definition(url: str) -> dict[str, Any] | None:
+        try:
+            return read_stats(done[url]).definition
+        except ValueError as exc:  # not JSON, not an object of ours
+            raise ValueError(f"{done[url]}: unreadable stats JSON: {exc}") from None
+
+    urls = sorted(done)
+    with ThreadPoolExecutor(16) as pool:  # small GETs: latency bound
+        recorded = list(pool.map(recorded_definition, urls))
+    differ = [
+        (u, diff)
+        for u, rec in zip(urls, recorded, strict=True)
+        if (diff := asked[u].differences(rec))
+    ]
+    if differ:
+        url, diff = differ[0]
+        more = f" (and {len(differ) - 1} more done shards differ)" if len(differ) > 1 else ""
+        raise ValueError(
+            f"{done[url]}: shard {output_name(url)} was done with another definition: "
+            f"{'; '.join(diff)}{more}; pass --overwrite to redo, or write to another --out"
+        )
 
 
 def _dispatch(job: EncodeJob | DecodeJob, tasks: list, method: str, res: Resources) -> tuple:
@@ -127,11 +182,30 @@ def _dispatch(job: EncodeJob | DecodeJob, tasks: list, method: str, res: Resourc
 
 
 def _remove_stale_temps(urls: Iterable[str]) -> None:
-    """After dispatch (no worker of the job writes any more): delete the temps of atomic
-    writes whose worker was killed mid-publish; its retry published under a new temp."""
+    """After dispatch (no worker of the job writes any more): delete what atomic writes
+    left when their worker was killed mid-publish (its retry published anew)."""
     for url in urls:
         for stale in storage.remove_stale_temps(url):
             log.info("removed %s, left by a killed writer", stale)
+
+
+def shard_definitions(
+    job: EncodeJob, model_digest: str, rates: dict[str, Rate]
+) -> dict[str, ShardDefinition]:
+    """shard URL -> what its output will depend on (``contract.ShardDefinition``)."""
+    return {
+        url: ShardDefinition(
+            model_sha256=model_digest,
+            codec_version=CODEC_VERSION,
+            bitstream_version=BITSTREAM_VERSION,
+            schema_version=SCHEMA_VERSION,
+            rate_index=rate.index,
+            nominal_bpp=rate.nominal_bpp,
+            max_pixels=job.max_pixels,
+            precision=job.precision,
+        )
+        for url, rate in rates.items()
+    }
 
 
 def run_encode(job: EncodeJob) -> dict[str, Any]:
@@ -142,12 +216,18 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
     _check_positive(batch_size=job.batch_size, max_retries=job.max_retries, limit=job.limit)
     check_resources(res)  # workers >= 1, 0 <= gpus_per_worker <= 1
     _check_positive(max_pixels=job.max_pixels)
-    model_config = _check_model(job.model_dir)
+    model_config, local_model = _check_model(job.model_dir)
     plan = RatePlan.build(model_config.rate_ladder(), job.rate, job.rates_file)
     shards = storage.expand_shards(job.src)
     names = unique_names(shards)
     rates = plan.resolve_all(shards)
     storage.check_writable(job.out)
+    definitions = shard_definitions(job, model_sha256(local_model), rates)
+    existing = set(storage.list_prefix(join(job.out, "")))  # one listing, not one per shard
+    stats = {u: join(job.out, names[u] + STATS_SUFFIX) for u in shards}
+    done = {u for u in shards if stats[u] in existing}
+    if not job.overwrite:  # a done shard is skipped only if done as this job asks
+        check_done_definitions({u: stats[u] for u in done}, definitions)
     # 2. The resolved job config, next to the outputs
     config = {
         "command": "encode-shards",
@@ -163,13 +243,12 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
             "batch_size": job.batch_size,
             "max_retries": job.max_retries,
             "max_pixels": job.max_pixels,
+            "precision": job.precision,
             **asdict(replace(res, address=_redact(res.address))),
         },
     }
     write_json(join(job.out, JOB_CONFIG), config)
-    # 3. Skip done shards (one listing, not one request per shard)
-    existing = set(storage.list_prefix(join(job.out, "")))
-    done = {u for u in shards if join(job.out, names[u] + STATS_SUFFIX) in existing}
+    # 3. Skip done shards
     if job.overwrite:  # forget the done markers first: an interrupted redo stays pending
         for url in done:
             storage.delete(join(job.out, names[url] + STATS_SUFFIX))
@@ -188,8 +267,9 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
             shard=u,
             name=names[u],
             parquet_url=join(job.out, names[u] + ".parquet"),
-            stats_url=join(job.out, names[u] + STATS_SUFFIX),
+            stats_url=stats[u],
             rate=rates[u],
+            definition=definitions[u],
         )
         for u in todo
     ]
@@ -267,11 +347,12 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
             output=join(job.out, names[u] + ("" if job.as_files else ".tar")),
             format=job.format,
             as_files=job.as_files,
+            errors_url=join(job.out, names[u] + ERRORS_SUFFIX),
         )
         for u in urls
     ]
     results, failures, workers = _dispatch(job, tasks, "decode_shard", res)
-    _remove_stale_temps(t.output for t in tasks if not t.as_files)
+    _remove_stale_temps([t.errors_url for t in tasks] + [t.output for t in tasks if not t.as_files])
     # 3. Report
     report = {
         "command": "decode-shards",
@@ -287,11 +368,20 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
                 "rows": r.rows,
                 "decoded": r.decoded,
                 "failures": len(r.failures),
+                "fallbacks": len(r.notes_of(NOTE_FALLBACK)),
+                "renamed": len(r.notes_of(NOTE_RENAMED)),
                 "seconds": round(r.seconds, 2),
             }
             for r in sorted(results, key=lambda r: r.name)
         ],
+        # the first rows of each kind; every one is in that Parquet's <name>.errors listing
         "row_failures": [[r.name, k, why] for r in results for k, why in r.failures][:1000],
+        "row_notes": [
+            [r.name, n.key, n.kind, n.reason]
+            for r in results
+            for n in r.notes
+            if n.kind in (NOTE_FALLBACK, NOTE_RENAMED)
+        ][:1000],
         "workers": workers,
     }
     write_job_report(job.out, report, stem="decode_report")

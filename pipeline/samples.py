@@ -17,6 +17,13 @@ error (the network, not the data) is raised: the runner retries the whole shard.
 Grouping follows WebDataset: the key is the member path up to the first dot of its basename
 (``a/b/000123.seg.png`` -> key ``a/b/000123``, field ``seg.png``); members of one sample are
 adjacent in the tar.
+
+Names are bytes in a tar, and scraped tars hold names that are not UTF-8 (``caf\\xe9.jpg``).
+Member names are read as UTF-8 with ``surrogateescape`` (Python's rule for file names: each
+byte that is not UTF-8 becomes one lone surrogate U+DC80..U+DCFF), so inside the pipeline a
+key or field name is a ``str`` that maps back to its exact bytes (``name_bytes``). Where a
+name leaves as text (a Parquet string, a message) it goes through ``name_text``: UTF-8, each
+byte that is not UTF-8 written ``\\xNN``; the exact bytes travel beside it (``key_bytes``).
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import logging
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -93,6 +102,40 @@ class SampleError(ValueError):
     """A sample-level failure; the message becomes the row's ``error_message``."""
 
 
+# ------------------------------------------------------------------------------- names
+
+NAME_ENCODING = "utf-8"  # tar member names are read (and decoded tars written) with this
+NAME_ERRORS = "surrogateescape"  # ... and this: every byte survives, UTF-8 or not
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def name_bytes(name: str) -> bytes:
+    """A key or field name as the exact bytes it had in the tar."""
+    return name.encode(NAME_ENCODING, NAME_ERRORS)
+
+
+def name_from_bytes(raw: bytes) -> str:
+    """Inverse of ``name_bytes``: the pipeline's ``str`` for a name of any bytes."""
+    return raw.decode(NAME_ENCODING, NAME_ERRORS)
+
+
+def name_text(name: str) -> str:
+    """A name (or a message quoting one) as valid UTF-8 text: the name's bytes decoded as
+    UTF-8, each byte that is not UTF-8 written as ``\\xNN`` (``caf\\xe9``). Not reversible
+    on its own (a real backslash reads the same): ``name_bytes`` is the exact form."""
+    return name_bytes(name).decode(NAME_ENCODING, "backslashreplace")
+
+
+def metadata_json(fields: dict[str, Any]) -> str:
+    """Carried fields as one JSON object (sorted by name), valid UTF-8 whatever the names.
+
+    A field name that is not UTF-8 keeps its lone surrogates as JSON escapes (``"\\udce9"``),
+    which ``json.loads`` turns back into the same ``str``, hence the same bytes.
+    """
+    text = json.dumps(fields, ensure_ascii=False, sort_keys=True)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 # --------------------------------------------------------------------------- stage 1: tar
 
 
@@ -141,7 +184,13 @@ def tar_members(
     seen: list[tarfile.HeaderError] = []
     current = ""  # the member whose data the stream is positioned in
     try:
-        tf = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_spying_tarinfo(seen))
+        tf = tarfile.open(
+            fileobj=stream,
+            mode="r|*",
+            tarinfo=_spying_tarinfo(seen),
+            encoding=NAME_ENCODING,  # explicit: the locale must not change a key's bytes
+            errors=NAME_ERRORS,
+        )
     except (tarfile.TarError, EOFError) as exc:
         yield Member("", None, f"not a readable tar stream: {exc}")
         return
@@ -244,8 +293,17 @@ def restore_field(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, dict) and isinstance(value.get("base64"), str):
-        return base64.b64decode(value["base64"])
-    raise ValueError(f"cannot restore carried field {value!r}")
+        return base64.b64decode(value["base64"], validate=True)
+    raise ValueError(f"cannot restore carried field {value!r}"[:300])
+
+
+def restore_fields(metadata: str | None) -> dict[str, bytes]:
+    """A row's ``metadata`` JSON (``metadata_json`` of ``carry_field`` values) -> the
+    carried fields, name -> exact bytes. ValueError when it is not such an object."""
+    fields = json.loads(metadata or "{}")
+    if not isinstance(fields, dict):
+        raise ValueError(f"metadata is not a JSON object: {metadata!r}"[:300])
+    return {name: restore_field(value) for name, value in fields.items()}
 
 
 @dataclass

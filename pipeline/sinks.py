@@ -6,6 +6,17 @@ directory and rejects the rest with a reason (the caller records it as a failed 
 Rejecting rather than rewriting: a rewritten ``../x`` could silently collide with a real
 key ``x``, and the user can fix a key they can see in the report.
 
+Keys and field names are the pipeline's ``str`` for bytes (``samples.name_from_bytes``):
+a name that is not UTF-8 is written back with its original bytes (tar member names and
+local file names are bytes; an S3 object name must be UTF-8, so such a key fails there).
+
+The decoded image goes under the ``--format`` extension, unless that format cannot hold it
+(WebP stops at 16383 px a side, JPEG at 65500): then it is written as PNG, which can
+(``encode_decoded``), and the caller reports it. A carried field is never overwritten: when
+one already has the image's name (an ``x.png`` mask beside the ``x.jpg`` image, decoded
+``--format png``), the image takes ``oscar.png`` (``oscar2.png``, ... if that is taken too;
+``image_name``), and the caller reports that.
+
 Both sinks take ``add(key, {ext: bytes})`` and write ``<key>.<ext>`` entries:
 
 * ``TarSink``: one tar per decoded Parquet, written with webdataset's ``TarWriter`` to a
@@ -27,10 +38,13 @@ from PIL import Image
 from webdataset import TarWriter
 
 from . import storage
+from .samples import NAME_ENCODING, NAME_ERRORS, name_bytes
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}  # --format -> Pillow format
+LOSSLESS_FALLBACK = "png"  # holds any size the codec decodes (up to 65535 a side)
+RENAMED_IMAGE_STEM = "oscar"  # the image's field on a clash: oscar.png, oscar2.png, ...
 MAX_KEY_CHARS = 1024
 MAX_COMPONENT_BYTES = 255  # the usual filesystem name limit
 WDS_KEY = "__key__"  # the sample key in a webdataset dict
@@ -67,7 +81,7 @@ def safe_key(key: object) -> str:
         raise UnsafeKey(f"key {key!r} has an empty, '.' or '..' path component")
     if len(parts[0]) >= 2 and parts[0][1] == ":":
         raise UnsafeKey(f"key {key!r} starts with a drive prefix")
-    if any(len(p.encode("utf-8")) > MAX_COMPONENT_BYTES for p in parts):
+    if any(len(name_bytes(p)) > MAX_COMPONENT_BYTES for p in parts):
         raise UnsafeKey(f"key {key!r} has a path component over {MAX_COMPONENT_BYTES} bytes")
     if "." in parts[-1]:
         raise UnsafeKey(f"key {key!r} has a '.' in its last component")
@@ -90,6 +104,33 @@ def encode_image(image: np.ndarray, fmt: str) -> bytes:
     options = {"quality": 95} if fmt in ("jpg", "webp") else {}
     Image.fromarray(image).save(buf, FORMATS[fmt], **options)
     return buf.getvalue()
+
+
+def encode_decoded(image: np.ndarray, fmt: str) -> tuple[bytes, str, str | None]:
+    """(H, W, 3) uint8 -> (file bytes, extension, why not ``fmt`` or None).
+
+    When Pillow cannot write the image as ``fmt`` (a WebP over 16383 px a side, a JPEG over
+    65500), it is written losslessly as PNG instead and the third value says why; if PNG
+    fails too, that error is raised.
+    """
+    try:
+        return encode_image(image, fmt), fmt, None
+    except (OSError, ValueError) as exc:  # Pillow: ValueError (WebP), OSError (JPEG)
+        if fmt == LOSSLESS_FALLBACK:
+            raise
+        h, w = image.shape[:2]
+        why = f"{fmt} cannot hold this {w}x{h} image ({type(exc).__name__}: {exc}); "
+        return encode_image(image, LOSSLESS_FALLBACK), LOSSLESS_FALLBACK, why + "written as png"
+
+
+def image_name(ext: str, carried: dict[str, bytes]) -> str:
+    """The field name for the decoded image: ``ext``, or, when a carried field already has
+    that name, the first free of ``oscar.<ext>``, ``oscar2.<ext>``, ... (deterministic)."""
+    name, n = ext, 1
+    while name in carried:
+        name = f"{RENAMED_IMAGE_STEM}{n if n > 1 else ''}.{ext}"
+        n += 1
+    return name
 
 
 class _Sink:
@@ -126,6 +167,10 @@ class TarSink(_Sink):
         self._writer = TarWriter(
             self._tmp, encoder=False, keep_meta=True, mode=0o644, mtime=0, user="", group=""
         )
+        # Names are written back with their original bytes, whatever the locale: PAX stores
+        # a UTF-8 name as is and any other as bytes (hdrcharset=BINARY), via these settings.
+        self._writer.tarstream.encoding = NAME_ENCODING
+        self._writer.tarstream.errors = NAME_ERRORS
         self._open = True
 
     def add(self, key: str, files: dict[str, bytes]) -> None:

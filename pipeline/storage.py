@@ -135,9 +135,9 @@ def atomic_put_file(url: str, local_path: str) -> None:
 
 def remove_stale_temps(url: str) -> list[str]:
     """Delete what atomic writes to ``url`` left behind when their writer was killed
-    (SIGKILL, OOM: no ``finally`` ran): ``<key>.tmp-<uuid>`` objects on S3, ``.<name>.tmp-*``
-    files next to a local path. Returns the URLs removed. Call it only when no writer of
-    ``url`` can still be running (a job does, after its workers are done)."""
+    (SIGKILL, OOM: no ``finally`` ran): ``.<name>.tmp-*`` files next to a local path, the
+    unfinished multipart uploads to an S3 key. Returns what was removed. Call it only when
+    no writer of ``url`` can still be running (a job does, after its workers are done)."""
     return storage_for(url).remove_stale_temps(url)
 
 

@@ -12,7 +12,8 @@ Failure rules, for every backend:
   one line, ``<url>: <action> failed: <why>``; credentials never appear in it;
 * reads stream: ``open_read`` holds a bounded buffer, never the whole object;
 * a publish is atomic: ``atomic_put`` / ``atomic_put_file`` readers see the old object or
-  the whole new one; a writer killed mid-publish leaves only a temp (``stale_temps``);
+  the whole new one; a writer killed mid-publish leaves at most a temp that is not the
+  object (a local temp file, an unfinished S3 multipart upload: ``remove_stale_temps``);
 * deleting a missing object is not an error (as on S3).
 """
 
@@ -131,16 +132,10 @@ class Storage(ABC):
         """Delete one object; a missing one is not an error."""
 
     @abstractmethod
-    def stale_temps(self, url: str) -> list[str]:
-        """The temps that atomic writes to ``url`` leave when their writer is killed."""
-
     def remove_stale_temps(self, url: str) -> list[str]:
-        """Delete ``stale_temps(url)``; returns their URLs. Call it only when no writer of
+        """Delete what atomic writes to ``url`` left when their writer was killed (SIGKILL,
+        OOM: no ``finally`` ran); returns what it removed. Call it only when no writer of
         ``url`` can still be running (a job does, after its workers are done)."""
-        stale = self.stale_temps(url)
-        for temp in stale:
-            self.delete(temp)
-        return stale
 
     @abstractmethod
     def check_writable(self, url: str) -> None:

@@ -2,7 +2,7 @@
 
 Atomic writes go to a ``.<name>.tmp-*`` file in the target's directory, are fsynced, then
 renamed over the target (atomic on POSIX); a writer killed before the rename leaves only
-that temp (``stale_temps``). ``OSError`` becomes ``StorageError`` naming the URL.
+that temp (``remove_stale_temps``). ``OSError`` becomes ``StorageError`` naming the URL.
 """
 
 from __future__ import annotations
@@ -111,10 +111,14 @@ class LocalStorage(Storage):
         with _errors(url, "delete"), contextlib.suppress(FileNotFoundError):
             os.remove(_path(url))
 
-    def stale_temps(self, url: str) -> list[str]:
-        """``.<name>.tmp-*`` files next to the target (what ``_atomic_write`` leaves)."""
+    def remove_stale_temps(self, url: str) -> list[str]:
+        """Delete the ``.<name>.tmp-*`` files next to the target (what ``_atomic_write``
+        leaves when killed before its rename)."""
         d, name = os.path.split(os.path.abspath(_path(url)))
-        return sorted(glob.glob(os.path.join(d, glob.escape(f".{name}.tmp-") + "*")))
+        stale = sorted(glob.glob(os.path.join(d, glob.escape(f".{name}.tmp-") + "*")))
+        for temp in stale:
+            self.delete(temp)
+        return stale
 
     def check_writable(self, url: str) -> None:
         """Create the directory, then write and delete a small probe file in it."""

@@ -7,6 +7,9 @@ connections with exponential backoff, up to ``OSCAR_S3_MAX_ATTEMPTS`` (default 5
 Errors become ``StorageError(url, reason, code)``: the S3 error code, with a hint for the
 codes a user can fix (missing bucket, denied access, bad credentials).
 
+Publishing writes the final key directly (``atomic_put*``): S3 replaces an object atomically
+on a PUT and on a completed multipart upload.
+
 Why boto3 and not ``pyarrow.fs.S3FileSystem`` (measured with ``oscar bench --sections 8``,
 see docs/pipeline.md): pyarrow's input stream issues one ranged GET per ``read()`` unless
 buffered, and buffered it read at 0.4-0.7x of this backend; its errors are message strings,
@@ -26,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 
 import boto3
@@ -101,6 +104,10 @@ def _errors(url: str, action: str) -> Iterator[None]:
 
 def _split(url: str) -> tuple[str, str]:
     loc = parse_url(url)
+    try:
+        loc.key.encode("utf-8")
+    except UnicodeEncodeError:  # a name from a tar that is not UTF-8 (samples.name_bytes)
+        raise ValueError(f"{url!r}: an S3 object name must be UTF-8") from None
     return loc.bucket, loc.key
 
 
@@ -243,41 +250,40 @@ class S3Storage(Storage):
         with _errors(url, "put"):
             s3_client().put_object(Bucket=bucket, Key=key, Body=data)
 
+    # Why no temp key: a PUT, and a multipart upload once completed, replace the object
+    # atomically in S3 (a reader sees the old object or the whole new one, never a part), so
+    # the final key is written directly: one upload, no server-side copy, no temp to delete.
     def atomic_put(self, url: str, data: bytes) -> None:
-        bucket, _ = _split(url)
-        self._publish(url, lambda c, k: c.put_object(Bucket=bucket, Key=k, Body=data))
+        self.put_bytes(url, data)
 
     def atomic_put_file(self, url: str, local_path: str) -> None:
-        bucket, _ = _split(url)
-        self._publish(url, lambda c, k: c.upload_file(local_path, bucket, k))
-
-    def _publish(self, url: str, upload: Callable[[Any, str], object]) -> None:
-        """Upload to ``<key>.tmp-<uuid>``, server-side copy to the key, delete the temp.
-
-        The final key only ever holds a complete object whatever the upload path (single
-        PUT or multipart); a crashed writer leaves a ``.tmp-`` key, never a truncated result.
-        """
+        """One PUT, or a multipart upload above boto3's 8 MiB threshold (a failed one is
+        aborted by boto3; one whose writer was killed is ``remove_stale_temps``' work)."""
         bucket, key = _split(url)
-        client = s3_client()
-        tmp_key = f"{key}.tmp-{uuid.uuid4().hex}"
-        try:
-            with _errors(url, "upload"):
-                upload(client, tmp_key)
-            with _errors(url, "publish (copy)"):
-                # Managed copy: a single CopyObject, or multipart copy above 5 GB.
-                client.copy({"Bucket": bucket, "Key": tmp_key}, bucket, key)
-        finally:
-            with contextlib.suppress(ClientError, BotoCoreError):
-                client.delete_object(Bucket=bucket, Key=tmp_key)
+        with _errors(url, "upload"):
+            s3_client().upload_file(local_path, bucket, key)
 
     def delete(self, url: str) -> None:
         bucket, key = _split(url)
         with _errors(url, "delete"):
             s3_client().delete_object(Bucket=bucket, Key=key)
 
-    def stale_temps(self, url: str) -> list[str]:
-        """``<key>.tmp-<uuid>`` objects (what ``_publish`` leaves)."""
-        return self.list_prefix(f"{url}.tmp-")
+    def remove_stale_temps(self, url: str) -> list[str]:
+        """Abort the unfinished multipart uploads to exactly this key: a writer killed in a
+        multipart upload leaves its parts stored (and billed) but invisible to GET and LIST
+        until aborted. Returns ``<url>#upload=<id>`` for each one aborted."""
+        bucket, key = _split(url)
+        client, aborted = s3_client(), []
+        with _errors(url, "list multipart uploads"):
+            pages = client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=bucket, Prefix=key
+            )
+            uploads = [u for page in pages for u in page.get("Uploads", []) if u["Key"] == key]
+        for upload in uploads:
+            with _errors(url, "abort multipart upload"):
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+            aborted.append(f"{url}#upload={upload['UploadId']}")
+        return aborted
 
     def check_writable(self, url: str) -> None:
         """Write and delete a probe object: catches a missing bucket, denied access, bad

@@ -14,13 +14,15 @@ read-ahead is ``prefetch.Prefetch``).
 
 Failure rules: a bad sample is an error row; an image the codec rejects (ValueError) or
 cannot fit in memory is an error row; anything else (storage, a broken device) fails the
-shard, and the runner retries it. A worker that cannot start (the model does not load, a
-GPU slot without CUDA: ``pick_device``) stops the job before any shard runs.
+shard, and the runner retries it. On decode, likewise, a row that cannot be written (a bad
+bitstream or key, Pillow refusing the image) is a note in the result and in the
+``<name>.errors`` listing, and the rest of the shard is written. A worker that cannot start
+(the model does not load, a GPU slot without CUDA: ``pick_device``) stops the job before
+any shard runs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -30,20 +32,52 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
-from oscar_core import CODEC_VERSION, BitstreamError, Codec, Rate
+from oscar_core import CODEC_VERSION, Codec, Rate
 
 from . import storage
-from .contract import DecodeResult, DecodeTask, EncodeTask, ShardResult, WorkerConfig
-from .parquet import ShardParquetWriter, iter_row_batches
+from .contract import (
+    NOTE_ENCODE_ERROR,
+    NOTE_ERROR,
+    NOTE_FALLBACK,
+    NOTE_RENAMED,
+    DecodeNote,
+    DecodeResult,
+    DecodeTask,
+    EncodeTask,
+    ShardResult,
+    WorkerConfig,
+)
+from .parquet import ShardParquetWriter, iter_row_batches, row_key
 from .prefetch import Prefetch
-from .report import now_iso, write_stats
-from .samples import Sample, read_samples, restore_field
-from .sinks import FORMATS, UnsafeKey, encode_image, open_sink, safe_key
+from .report import now_iso, write_notes, write_stats
+from .samples import (
+    Sample,
+    metadata_json,
+    name_bytes,
+    name_text,
+    read_samples,
+    restore_fields,
+)
+from .sinks import FORMATS, FileSink, TarSink, encode_decoded, image_name, open_sink, safe_key
+from .storage_base import StorageError
 
 log = logging.getLogger(__name__)
+
+# Columns decode reads (bitstreams and carried fields; not the encode statistics)
+DECODE_COLUMNS = (
+    "key",
+    "key_bytes",
+    "index_in_shard",
+    "status",
+    "error_message",
+    "image_field",
+    "bitstream",
+    "metadata",
+)
 
 
 # Tests only: Ray's GPUs are pretend ones (``ray.init(num_gpus=N)`` on a machine without
@@ -155,6 +189,7 @@ class ShardWorker:
             model_id=self.model_id,
             codec_version=CODEC_VERSION,
             worker=self.describe(),
+            definition=task.definition.to_dict() if task.definition else None,
         )
         with tempfile.TemporaryDirectory(prefix="oscar-shard-") as tmp:
             local = os.path.join(tmp, "shard.parquet")
@@ -244,9 +279,11 @@ class ShardWorker:
         result: ShardResult,
     ) -> dict[str, Any]:
         row: dict[str, Any] = {
-            "key": sample.key,
-            "shard": task.shard,
+            "key": name_text(sample.key),  # a Parquet string is UTF-8; the bytes go beside
+            "key_bytes": name_bytes(sample.key),
+            "shard": name_text(task.shard),
             "index_in_shard": sample.index,
+            "image_field": sample.image_ext,
             "source_format": sample.source_format,
             "source_mode": sample.source_mode,
             "source_frames": sample.source_frames,
@@ -254,12 +291,13 @@ class ShardWorker:
             "source_sha256": sample.source_sha256,
             "model_id": self.model_id,
             "codec_version": CODEC_VERSION,
-            "metadata": json.dumps(sample.metadata, ensure_ascii=False, sort_keys=True),
+            "metadata": metadata_json(sample.metadata),
         }
         result.samples += 1
         if isinstance(outcome, str):
-            result.count_error(outcome)
-            return {**row, "status": "error", "error_message": outcome}
+            message = name_text(outcome)  # it may quote a name that is not UTF-8
+            result.count_error(message)
+            return {**row, "status": "error", "error_message": message}
         stream, ms = outcome
         height, width = sample.image.shape[:2]  # type: ignore[union-attr]
         result.ok += 1
@@ -282,47 +320,101 @@ class ShardWorker:
 
     # -- decode --------------------------------------------------------------------------
     def decode_shard(self, task: DecodeTask) -> DecodeResult:
+        """Every row of the Parquet is either written to the output or noted in the result
+        (and in ``task.errors_url``, one JSON line per row): an error row of encode, a row
+        whose decode failed, or one written otherwise than asked (fallback format, image
+        renamed to spare a carried field). Only storage errors fail the shard."""
         if task.format not in FORMATS:
             raise ValueError(f'Invalid format "{task.format}", should be one of {sorted(FORMATS)}')
         t0 = time.perf_counter()
         result = DecodeResult(task.parquet, task.name, task.output, attempt=task.attempt)
         result.worker = self.describe()
         sink = open_sink(task.output, as_files=task.as_files)
-        columns = ["key", "status", "bitstream", "metadata"]
         try:
-            for rows in iter_row_batches(task.parquet, columns=columns):
+            for rows in iter_row_batches(task.parquet, columns=list(DECODE_COLUMNS)):
                 self._decode_rows(rows, task.format, sink, result)
             sink.close()
         except BaseException:
             sink.abort()
             raise
+        # In row order (a batch notes parse errors before decode ones); after the output: a
+        # listing never describes an output that is not there.
+        result.notes.sort(key=lambda n: -1 if n.index_in_shard is None else n.index_in_shard)
+        if task.errors_url:
+            write_notes(task.errors_url, result.notes)
         result.bytes_out = sink.bytes_out
         result.seconds = time.perf_counter() - t0
         return result
 
     def _decode_rows(
-        self, rows: list[dict[str, Any]], fmt: str, sink: Any, result: DecodeResult
+        self, rows: list[dict[str, Any]], fmt: str, sink: TarSink | FileSink, result: DecodeResult
     ) -> None:
-        ready = []  # (key, parsed bitstream, carried fields)
+        ready = []  # (row, key, parsed bitstream, carried fields)
         for row in rows:
             result.rows += 1
             if row["status"] != "ok":
                 result.skipped_error_rows += 1
+                _note(result, row, NOTE_ENCODE_ERROR, row["error_message"] or "error row")
+                continue
+            try:  # the sample boundary: anything wrong with this row's data is its note
+                key = safe_key(row_key(row))  # before the model: no work for a bad key
+                fields = restore_fields(row["metadata"])
+                ready.append((row, key, self.codec.parse(row["bitstream"] or b""), fields))
+            except Exception as exc:  # noqa: BLE001 - recorded; the shard goes on
+                _note(result, row, NOTE_ERROR, f"{type(exc).__name__}: {exc}")
+        images = self._decompress([p for _, _, p, _ in ready], result)
+        for (row, key, _, fields), image in zip(ready, images, strict=True):
+            if isinstance(image, str):
+                _note(result, row, NOTE_ERROR, image)
                 continue
             try:
-                meta = json.loads(row["metadata"] or "{}")
-                fields = {ext: restore_field(v) for ext, v in meta.items() if ext != fmt}
-                key = safe_key(row["key"])  # before the model: no work for a bad key
-                stream = row["bitstream"] or b""
-                ready.append((key, self.codec.parse(stream), fields))
-            except (BitstreamError, ValueError, TypeError, AttributeError) as exc:
-                result.failures.append((repr(row["key"])[:200], f"{type(exc).__name__}: {exc}"))
+                self._write(sink, row, key, image, fields, fmt, result)
+            except StorageError:
+                raise  # the network, not the data: the shard is retried
+            except Exception as exc:  # noqa: BLE001 - Pillow, a key the sink refuses: noted
+                _note(result, row, NOTE_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _decompress(self, parsed: list[Any], result: DecodeResult) -> list[np.ndarray | str]:
+        """Decode a batch; if the codec rejects it or runs out of memory, image by image so
+        only the image at fault fails (a message in its place). Other errors (a broken
+        device) fail the shard: retried, possibly on another worker."""
+        if not parsed:
+            return []
         t0 = time.perf_counter()
-        images = self.codec.decode_parsed([p for _, p, _ in ready]) if ready else []
+        try:
+            images: list[np.ndarray | str] = list(self.codec.decode_parsed(parsed))
+        except (ValueError, MemoryError, torch.OutOfMemoryError) as exc:
+            if len(parsed) == 1:
+                return [f"decode failed: {type(exc).__name__}: {exc}"]
+            return [out for p in parsed for out in self._decompress([p], result)]
         result.model_seconds += time.perf_counter() - t0
-        for (key, _, fields), image in zip(ready, images, strict=True):
-            try:
-                sink.add(key, {fmt: encode_image(image, fmt), **fields})
-                result.decoded += 1
-            except UnsafeKey as exc:
-                result.failures.append((repr(key)[:200], str(exc)))
+        return images
+
+    def _write(
+        self,
+        sink: TarSink | FileSink,
+        row: dict[str, Any],
+        key: str,
+        image: np.ndarray,
+        fields: dict[str, bytes],
+        fmt: str,
+        result: DecodeResult,
+    ) -> None:
+        """The image (as ``fmt``, or PNG where ``fmt`` cannot hold it) and every carried
+        field under its own name; notes say where that differs from what was asked."""
+        data, ext, fallback = encode_decoded(image, fmt)
+        name = image_name(ext, fields)
+        sink.add(key, {name: data, **fields})
+        result.decoded += 1
+        if fallback:
+            _note(result, row, NOTE_FALLBACK, fallback)
+        if name != ext:
+            source = row.get("image_field") or "?"
+            why = f"carried field {ext!r} kept; the image (from {source!r}) written as {name!r}"
+            _note(result, row, NOTE_RENAMED, why)
+
+
+def _note(result: DecodeResult, row: dict[str, Any], kind: str, reason: str) -> None:
+    key = row["key"] if isinstance(row.get("key"), str) else repr(row.get("key"))
+    note = DecodeNote(row.get("index_in_shard"), key[:1024], kind, name_text(reason)[:1000])
+    result.notes.append(note)

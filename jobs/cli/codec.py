@@ -6,7 +6,9 @@
     oscar rates [--json]                         -> the rate ladder
 
 A bad input file is one ``oscar: error: <file>: <reason>`` line; the others are still done
-and the exit status is 2.
+and the exit status is 2. Outputs are never overwritten silently: two inputs writing one
+file, or an existing file without ``--overwrite``, stop the command with exit 2 before any
+work.
 """
 
 from __future__ import annotations
@@ -33,10 +35,25 @@ def _load_codec(args: argparse.Namespace):
     )
 
 
-def _output_dir(path: str) -> Path:
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _targets(args: argparse.Namespace, suffix: str) -> list[Path] | None:
+    """OUT_DIR/<stem><suffix> for each input, checked before any work: None (after one
+    line per problem) when two inputs would write one file (``a/x.png b/x.jpg``) or a file
+    exists and ``--overwrite`` was not given. Never overwrite silently."""
+    targets = [Path(args.output) / (Path(name).stem + suffix) for name in args.inputs]
+    first: dict[Path, str] = {}
+    problems = 0
+    for name, target in zip(args.inputs, targets, strict=True):
+        if target in first:
+            print_error(f"{first[target]}, {name}", f"both would write {target}; rename one")
+            problems += 1
+        elif target.exists() and not args.overwrite:
+            print_error(str(target), "exists (pass --overwrite to replace it)")
+            problems += 1
+        first.setdefault(target, name)
+    if problems:
+        return None
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    return targets
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -44,22 +61,23 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     from oscar_core.images import to_rgb_array
 
+    targets = _targets(args, ".oscar")
+    if targets is None:
+        return EXIT_BAD_INPUT
     codec = _load_codec(args)
     rate = codec.ladder.resolve(args.rate)  # ValueError -> exit 2 in main
-    out_dir = _output_dir(args.output)
     failed, names, arrays = 0, [], []
-    for name in args.inputs:
+    for name, target in zip(args.inputs, targets, strict=True):
         try:
             with Image.open(name) as img:
                 img.load()
                 arrays.append(to_rgb_array(img))
-            names.append(name)
+            names.append((name, target))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             print_error(name, f"cannot read image: {exc}")
             failed += 1
     streams = codec.compress(arrays, rate.index) if arrays else []
-    for name, array, stream in zip(names, arrays, streams, strict=True):
-        target = out_dir / (Path(name).stem + ".oscar")
+    for (name, target), array, stream in zip(names, arrays, streams, strict=True):
         target.write_bytes(stream)
         h, w = array.shape[:2]
         print(f"{name} -> {target} ({len(stream)} bytes, {8 * len(stream) / (h * w):.4f} bpp)")
@@ -71,19 +89,20 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
     from oscar_core import BitstreamError
 
+    targets = _targets(args, ".png")
+    if targets is None:
+        return EXIT_BAD_INPUT
     codec = _load_codec(args)
-    out_dir = _output_dir(args.output)
     failed, names, parsed = 0, [], []
-    for name in args.inputs:
+    for name, target in zip(args.inputs, targets, strict=True):
         try:
             parsed.append(codec.parse(Path(name).read_bytes()))
-            names.append(name)
+            names.append((name, target))
         except (OSError, BitstreamError) as exc:
             print_error(name, f"cannot decode: {exc}")
             failed += 1
     images = codec.decode_parsed(parsed) if parsed else []
-    for name, image in zip(names, images, strict=True):
-        target = out_dir / (Path(name).stem + ".png")
+    for (name, target), image in zip(names, images, strict=True):
         Image.fromarray(image).save(target)
         print(f"{name} -> {target} ({image.shape[1]}x{image.shape[0]})")
     return EXIT_BAD_INPUT if failed else 0
@@ -145,6 +164,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "compress", cmd_compress, "compress images to .oscar bitstreams")
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files (png, jpg, webp, ...)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace existing OUT_DIR files")
     p.add_argument("--rate", required=True, help="ladder index (0..7) or nominal bpp (0.0313)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -153,6 +173,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "decompress", cmd_decompress, "decode .oscar bitstreams to PNG")
     p.add_argument("inputs", nargs="+", metavar="IN.oscar")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace existing OUT_DIR files")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument(
         "--max-pixels", type=int, default=None, help="refuse streams declaring more (64 MP)"

@@ -143,10 +143,13 @@ def cmd_decode_shards(args: argparse.Namespace) -> int:
         print(
             f"decode-shards: {s['parquets']} parquets, {s['images_decoded']} images decoded, "
             f"{s['rows_skipped_error']} error rows skipped, {s['failures']} rows failed, "
+            f"{s['fallbacks']} written as png instead, {s['renamed']} images renamed, "
             f"{s['images_per_s']} images/s"
         )
         for name, key, why in report["row_failures"][:20]:
             print(f"  {name}: {key}: {why}", file=sys.stderr)
+        if s["failures"] or s["fallbacks"] or s["renamed"] or s["rows_skipped_error"]:
+            print(f"  every such row is listed in {args.out.rstrip('/')}/<name>.errors")
         print(f"  report: {args.out.rstrip('/')}/decode_report.md")
         return EXIT_FAILED_SHARDS if report["failed"] else 0
 

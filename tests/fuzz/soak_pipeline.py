@@ -1,22 +1,23 @@
-"""Soak: encode-shards again and again on random good and bad input; every key once, always.
+"""Soak: encode-shards and decode-shards again and again on random good and bad input.
 
-    python -m tests.fuzz.soak_pipeline          (make soak)
+    python -m tests.fuzz.soak_pipeline          (make soak, after the property test)
     OSCAR_SOAK_ITERATIONS=20 OSCAR_SOAK_SECONDS=3600 make soak
 
 Starts its own S3 server (``infra/local_s3``: a temp state dir, a free port on 127.0.0.1,
-memstore) and one local Ray (127.0.0.1, 2 CPUs), then per iteration: three fresh shards in
-which each sample is, at random, a good image or one of the bad inputs below (and a shard
-may end inside its last member); ``run_encode`` with a random rate, one or two actors and
-a low pixel limit; then, read back from S3: one row per key, every key exactly once, good
-images ``ok``, bad ones ``error``. Every other iteration re-runs with ``overwrite`` into the
-same output and checks again (a redone shard replaces its rows). Bounded by
+memstore) and one local Ray (127.0.0.1, 2 CPUs), then per iteration: three fresh shards, each
+a random mix of good samples and every bad kind the project knows, with a random shard-level
+fault (``tests/pipeline/mixed_shards.py``); ``run_encode`` with a random rate, one or two
+actors and a low pixel limit; ``run_decode`` in a random ``--format``; then, read back from
+S3, the oracle's ``check`` on every shard: every sample exactly once (a row; then in the
+decoded output with every carried field byte for byte, or in the ``.errors`` listing), no
+shard failed. Every other iteration re-runs the encode with ``overwrite`` into the same
+output and checks again (a redone shard replaces its rows). Bounded by
 ``OSCAR_SOAK_ITERATIONS`` (default 5) and ``OSCAR_SOAK_SECONDS`` (default 1800); exits 1 at
-the first violation, with the shard and the keys.
+the end if any check failed, printing the shard and the violations.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -24,87 +25,30 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline import storage, storage_s3
-from tests.pipeline.shards import image_bytes, png_with_size, tar_bytes, truncate_in_member
+from pipeline import parquet, storage, storage_s3
+from pipeline.report import read_notes
+from tests.pipeline import mixed_shards as mixed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MAX_PIXELS = 40_000  # a 256x256 image is over it
-SIZES = [(32, 48), (48, 64), (64, 64)]
-BAD_KINDS = ["corrupt", "zero", "text", "random", "bomb", "over_limit", "no_image"]
+SHARDS, MAX_SAMPLES = 3, 16
 
 
-@dataclass
-class ShardPlan:
-    name: str
-    tar: bytes
-    expect: dict[str, bool | None] = field(default_factory=dict)  # key -> ok?
-
-
-def make_shard(rng: np.random.Generator, name: str, n: int = 12) -> ShardPlan:
-    """A shard of ``n`` samples, each good or bad at random; ``expect`` is the oracle."""
-    entries: list[tuple[str, bytes]] = []
-    expect: dict[str, bool | None] = {}
-    for i in range(n):
-        key = f"{name}-{i:03d}"
-        kind = "good" if rng.random() < 0.6 else BAD_KINDS[int(rng.integers(len(BAD_KINDS)))]
-        h, w = SIZES[int(rng.integers(len(SIZES)))]
-        seed = int(rng.integers(1 << 30))
-        ok: bool | None = False
-        if kind == "good":
-            data, ext, ok = image_bytes(h, w, seed=seed, fmt="PNG"), "png", True
-        elif kind == "corrupt":  # may or may not still decode
-            buf = bytearray(image_bytes(h, w, seed=seed, fmt="JPEG"))
-            at = int(rng.integers(len(buf) // 4, len(buf)))
-            buf[at : at + 64] = rng.bytes(64)
-            data, ext, ok = bytes(buf), "jpg", None
-        elif kind == "zero":
-            data, ext = b"", "png"
-        elif kind == "text":
-            data, ext = b"not an image at all", "jpg"
-        elif kind == "random":
-            data, ext = rng.bytes(int(rng.integers(1, 2048))), "png"
-        elif kind == "bomb":
-            data, ext = png_with_size(20000, 20000), "png"
-        elif kind == "over_limit":
-            data, ext = image_bytes(256, 256, seed=seed), "png"
-        else:  # a caption only
-            data, ext = b"a caption without an image", "txt"
-        entries.append((f"{key}.{ext}", data))
-        if ext != "txt":
-            entries.append((f"{key}.txt", f"caption {i}".encode()))
-        expect[key] = ok
-    tar = tar_bytes(entries)
-    if rng.random() < 0.25:  # the shard ends inside its last member: that key is an error
-        last, data = entries[-1]
-        if len(data) >= 2:  # cut inside the data (a cut at its end is a different fault)
-            tar = truncate_in_member(tar, last, keep=len(data) // 2)
-            expect[last.split(".", 1)[0]] = False
-    return ShardPlan(name, tar, expect)
-
-
-def check_rows(plans: list[ShardPlan], tables: dict[str, pa.Table]) -> list[str]:
-    """Violations of 'every key exactly once, with the expected status' (empty: fine)."""
+def check_outputs(builds: dict, out: str, dec: str, fmt: str) -> list[str]:
+    """The oracle on every shard of one encode + decode: the violations, by shard."""
     problems = []
-    for plan in plans:
-        table = tables.get(plan.name)
-        if table is None:
-            problems.append(f"{plan.name}: no Parquet")
+    columns = ["index_in_shard", "key", "key_bytes", "status"]
+    for name, build in builds.items():
+        try:
+            rows = parquet.read_table(f"{out}/{name}.parquet", columns=columns).to_pylist()
+            output = mixed.read_tar(storage.read_bytes(f"{dec}/{name}.tar"))
+        except (OSError, ValueError) as exc:
+            problems.append(f"{name}: output missing: {exc}")
             continue
-        keys, status = table["key"].to_pylist(), table["status"].to_pylist()
-        if sorted(keys) != sorted(plan.expect):
-            missing = sorted(set(plan.expect) - set(keys))
-            extra = sorted(k for k in set(keys) if keys.count(k) > 1 or k not in plan.expect)
-            problems.append(f"{plan.name}: missing {missing}, duplicated/unknown {extra}")
-        for key, st in zip(keys, status, strict=True):
-            want = plan.expect.get(key)
-            if want is not None and (st == "ok") != want:
-                problems.append(f"{plan.name}/{key}: status {st}, expected {want}")
+        notes = [vars(n) for n in read_notes(f"{dec}/{name}.errors")]
+        problems += [f"{name}: {p}" for p in mixed.check(build.records, rows, output, notes, fmt)]
     return problems
 
 
@@ -124,20 +68,10 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free port pair on 127.0.0.1")
 
 
-def _read_tables(out: str) -> dict[str, pa.Table]:
-    urls = [u for u in storage.list_prefix(out + "/") if u.endswith(".parquet")]
-    return {
-        u.rsplit("/", 1)[1].removesuffix(".parquet"): pq.read_table(
-            io.BytesIO(storage.read_bytes(u))
-        )
-        for u in urls
-    }
-
-
 def soak(iterations: int, seconds: float) -> int:
     from oscar_core.codec import DEFAULT_MODEL_DIR
-    from pipeline.contract import EncodeJob, Resources
-    from pipeline.runner import run_encode
+    from pipeline.contract import DecodeJob, EncodeJob, Resources
+    from pipeline.runner import run_decode, run_encode
 
     bucket = f"soak-{uuid.uuid4().hex[:8]}"
     storage_s3.s3_client().create_bucket(Bucket=bucket)
@@ -148,35 +82,57 @@ def soak(iterations: int, seconds: float) -> int:
             break
         t0, rng = time.monotonic(), np.random.default_rng(1000 + it)
         base = f"s3://{bucket}/it{it:03d}"
-        plans = [make_shard(rng, f"shard-{s:06d}") for s in range(3)]
-        for plan in plans:
-            storage.put_bytes(f"{base}/in/{plan.name}.tar", plan.tar)
+        builds = {}
+        for s in range(SHARDS):
+            kinds = [
+                str(k) for k in rng.choice(mixed.KINDS, size=int(rng.integers(1, MAX_SAMPLES)))
+            ]
+            fault = mixed.FAULTS[int(rng.integers(len(mixed.FAULTS)))]
+            builds[f"shard-{s:06d}"] = mixed.build_shard(kinds, int(rng.integers(1 << 30)), fault)
+        for name, build in builds.items():
+            storage.put_bytes(f"{base}/in/{name}.tar", build.tar)
         rate, workers = int(rng.integers(0, 8)), int(rng.integers(1, 3))
-        runs = 2 if it % 2 else 1
-        for run in range(runs):
-            report = run_encode(
-                EncodeJob(
-                    f"{base}/in/*.tar",
-                    f"{base}/out",
+        fmt = mixed.FORMATS[int(rng.integers(len(mixed.FORMATS)))]
+        res = Resources(workers=workers, gpus_per_worker=0, cpus_per_worker=1)
+        common = {
+            "max_pixels": mixed.MAX_PIXELS,
+            "max_retries": 2,
+            "backoff_s": 0.2,
+            "progress": False,
+        }
+        for run in range(2 if it % 2 else 1):
+            out, dec = f"{base}/out", f"{base}/dec{run}"
+            job = EncodeJob(
+                f"{base}/in/*.tar",
+                out,
+                str(DEFAULT_MODEL_DIR),
+                rate=str(rate),
+                overwrite=run > 0,
+                resources=res,
+                **common,
+            )
+            report = run_encode(job)
+            decoded = run_decode(
+                DecodeJob(
+                    [f"{out}/*.parquet"],
+                    dec,
                     str(DEFAULT_MODEL_DIR),
-                    rate=str(rate),
-                    max_pixels=MAX_PIXELS,
-                    overwrite=run > 0,
-                    max_retries=2,
-                    backoff_s=0.2,
-                    resources=Resources(workers=workers, gpus_per_worker=0, cpus_per_worker=1),
-                    progress=False,
+                    format=fmt,
+                    resources=res,
+                    **common,
                 )
             )
-            problems = [f"{n}: failed: {e}" for n, _a, e in report["failed"]]
-            problems += check_rows(plans, _read_tables(f"{base}/out"))
-            n = sum(len(p.expect) for p in plans)
-            errors = report["summary"]["images_error"]
-            tag = "overwrite re-run" if run else f"rate {rate}, {workers} workers"
-            verdict = "every key once" if not problems else f"{len(problems)} PROBLEMS"
+            problems = [f"{n}: encode failed: {e}" for n, _a, e in report["failed"]]
+            problems += [f"{n}: decode failed: {e}" for n, _a, e in decoded["failed"]]
+            problems += check_outputs(builds, out, dec, fmt)
+            n = sum(len(b.records) for b in builds.values())
+            errors, notes = report["summary"]["images_error"], decoded["summary"]
+            tag = "overwrite re-run" if run else f"rate {rate}, {workers} workers, --format {fmt}"
+            verdict = "nothing lost" if not problems else f"{len(problems)} PROBLEMS"
             print(
-                f"soak {it + 1}/{iterations} ({tag}): {n} samples ({errors} errors) in "
-                f"{len(plans)} shards: {verdict} ({time.monotonic() - t0:.1f} s)",
+                f"soak {it + 1}/{iterations} ({tag}): {n} samples ({errors} errors; decode "
+                f"{notes['failures']} failed, {notes['fallbacks']} fallbacks, {notes['renamed']} "
+                f"renamed) in {len(builds)} shards: {verdict} ({time.monotonic() - t0:.1f} s)",
                 flush=True,
             )
             for p in problems:

@@ -3,9 +3,10 @@
 ``make fuzz`` runs tests/fuzz/fuzz_bitstream.py for minutes; here: a few seconds of the
 Hypothesis driver in-process, and (when atheris is installed) a short libFuzzer run of the
 real ``python -m`` entry point, so a broken target is noticed before a long run needs it.
-``make soak`` (tests/fuzz/soak_pipeline.py) trusts ``make_shard``'s expectations (which
-keys exist, which are ``ok``); they are checked here against ``read_samples`` on the same
-tars, without S3 or Ray, so that a soak failure means the pipeline, not the oracle.
+``make soak`` (tests/fuzz/soak_pipeline.py) and the property test trust
+``tests/pipeline/mixed_shards.py``'s records (which keys exist, which are ``ok``, which
+fields they carry); they are checked here against ``read_samples`` on the same tars,
+without S3 or Ray, so that a soak failure means the pipeline, not the oracle.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pytest
 
-from pipeline.samples import read_samples
+from pipeline.samples import name_bytes, read_samples, restore_field
 from tests.fuzz import fuzz_bitstream as fb
-from tests.fuzz.soak_pipeline import MAX_PIXELS, check_rows, make_shard
+from tests.pipeline.mixed_shards import FAULTS, KINDS, MAX_PIXELS, build_shard
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,26 +72,19 @@ def test_atheris_entry_point_short_run(tmp_path):
 # ------------------------------------------------------------------ the soak's oracle
 
 
-def test_make_shard_expectations_match_the_reader():
-    kinds_seen = set()
-    for seed in range(12):
-        plan = make_shard(np.random.default_rng(seed), f"shard-{seed:06d}")
-        samples = list(read_samples(io.BytesIO(plan.tar), max_pixels=MAX_PIXELS))
-        table = pa.table(
-            {
-                "key": [s.key for s in samples],
-                "status": ["ok" if s.ok else "error" for s in samples],
-            }
-        )
-        assert check_rows([plan], {plan.name: table}) == [], [(s.key, s.error) for s in samples]
-        kinds_seen |= {s.error.split(":")[1].strip() for s in samples if s.error}
-    assert len(kinds_seen) >= 4  # the bad inputs really vary
-
-
-def test_check_rows_reports_duplicates_and_missing_keys():
-    plan = make_shard(np.random.default_rng(0), "shard-000000", n=3)
-    keys = list(plan.expect)
-    dup = pa.table({"key": [keys[0], keys[0], keys[1]], "status": ["ok"] * 3})
-    (problem, *_) = check_rows([plan], {plan.name: dup})
-    assert f"missing ['{keys[2]}']" in problem and keys[0] in problem
-    assert check_rows([plan], {}) == ["shard-000000: no Parquet"]
+@pytest.mark.parametrize("fault", FAULTS)
+def test_mixed_shard_records_match_the_reader(fault):
+    """The records ``build_shard`` promises (which records, which keys, which ok, which
+    carried fields) are what ``read_samples`` makes of the tar: a failure of the property
+    test or the soak then means the pipeline, not the oracle."""
+    for seed in range(3):
+        build = build_shard([*KINDS, "good", "dup_key"], seed, fault)
+        samples = list(read_samples(io.BytesIO(build.tar), max_pixels=MAX_PIXELS))
+        assert [name_bytes(s.key) for s in samples] == [r.key for r in build.records]
+        for s, r in zip(samples, build.records, strict=True):
+            if r.encode_ok is not None:
+                assert s.ok == r.encode_ok, (r.kind, s.error)
+            if s.ok:
+                assert {name_bytes(k): restore_field(v) for k, v in s.metadata.items()} == r.fields
+    errors = {re.sub(r"\d+", "N", s.error) for s in samples if s.error}
+    assert len(errors) >= 10, errors  # the bad kinds really differ

@@ -59,12 +59,31 @@ def png_with_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def tar_bytes(entries: list[tuple[str, bytes]], *, gzip: bool = False) -> bytes:
-    """A tar (optionally .tar.gz) holding ``entries`` in order."""
+def tar_bytes(
+    entries: list[tuple[str | bytes, bytes | None]],
+    *,
+    gzip: bool = False,
+    format: int = tarfile.PAX_FORMAT,  # noqa: A002 - tarfile's own name for it
+) -> bytes:
+    """A tar (optionally .tar.gz) holding ``entries`` in order. A name given as bytes is
+    written as those bytes (scraped tars hold names that are not UTF-8: GNU and ustar store
+    them raw, PAX with hdrcharset=BINARY); data None makes a symlink member."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz" if gzip else "w") as tf:
+    with tarfile.open(
+        fileobj=buf,
+        mode="w:gz" if gzip else "w",
+        format=format,
+        encoding="utf-8",
+        errors="surrogateescape",
+    ) as tf:
         for name, data in entries:
+            if isinstance(name, bytes):
+                name = name.decode("utf-8", "surrogateescape")
             info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.linkname = tarfile.SYMTYPE, "elsewhere"
+                tf.addfile(info)
+                continue
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()

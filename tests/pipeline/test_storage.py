@@ -154,26 +154,81 @@ def test_atomic_put(root: str) -> None:
         assert os.listdir(os.path.dirname(url)) == ["result.parquet"]
 
 
+def _start_multipart(url: str) -> str:
+    """What a writer SIGKILLed inside a multipart upload leaves: an upload with one part,
+    never completed nor aborted. Returns its upload id."""
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    client = storage_s3.s3_client()
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"p" * MiB)
+    return upload
+
+
+def _open_uploads(root: str) -> list[str]:
+    bucket = root.removeprefix("s3://")
+    uploads = storage_s3.s3_client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return sorted(u["Key"] for u in uploads)
+
+
 def test_remove_stale_temps(root: str) -> None:
-    """A writer killed inside atomic_put leaves its temp; the sweep removes exactly those
-    of the given target (not the result, not another target's temp)."""
+    """A writer killed inside atomic_put leaves a temp (a local temp file; an unfinished S3
+    multipart upload); the sweep removes exactly those of the given target (not the result,
+    not another target's)."""
     url = f"{root}/out/a.parquet"
     storage.atomic_put(url, b"done")
-    if url.startswith("s3://"):  # what S3Storage's upload leaves before its copy/delete
-        stale = [f"{url}.tmp-{'1' * 32}", f"{url}.tmp-{'2' * 32}"]
-        other = f"{root}/out/ab.parquet.tmp-{'3' * 32}"
-        for u in (*stale, other):
-            storage.put_bytes(u, b"partial")
+    if url.startswith("s3://"):
+        uploads = sorted(_start_multipart(url) for _ in range(2))
+        _start_multipart(f"{root}/out/a.parquet2")  # another key sharing the prefix
+        stale = [f"{url}#upload={u}" for u in uploads]
+        assert storage.remove_stale_temps(url) == stale
+        assert _open_uploads(root) == ["out/a.parquet2"]
     else:  # what LocalStorage's temp file leaves
         d = os.path.dirname(url)
         stale = [os.path.join(d, ".a.parquet.tmp-x1y2"), os.path.join(d, ".a.parquet.tmp-z3")]
         other = os.path.join(d, ".ab.parquet.tmp-q9")
         for u in (*stale, other):
             Path(u).write_bytes(b"partial")
-    assert storage.remove_stale_temps(url) == sorted(stale)
+        assert storage.remove_stale_temps(url) == sorted(stale)
+        assert storage.exists(other)
     assert storage.read_bytes(url) == b"done"
-    assert storage.exists(other)
     assert storage.remove_stale_temps(url) == []
+
+
+def test_s3_publish_writes_the_final_key_only(s3_bucket: str, tmp_path: Path) -> None:
+    """Issue 13 item 8: S3 replaces an object atomically on a PUT and on a completed
+    multipart upload, so a publish writes the final key directly: no temp key, no
+    server-side copy, no delete. Shown on the real server: the S3 calls each publish makes
+    (botocore's own event hooks), and a reader during a multipart upload of a new version
+    sees the old object whole, then the new one whole."""
+    url = f"s3://{s3_bucket}/out/shard-000000.tar"
+    calls: list[tuple[str, str]] = []
+
+    def record(model, params, **_):  # noqa: ANN001, ANN003 - botocore's hook signature
+        calls.append((model.name, params.get("Key", "")))
+
+    client = storage_s3.s3_client()
+    client.meta.events.register("before-parameter-build.s3", record)
+    try:
+        storage.atomic_put(url, b"v1")
+        big = tmp_path / "v2.bin"
+        big.write_bytes(_payload(20 * MiB))  # above boto3's 8 MiB multipart threshold
+        storage.atomic_put_file(url, str(big))
+    finally:
+        client.meta.events.unregister("before-parameter-build.s3", record)
+    ops = {op for op, _ in calls}
+    assert {"PutObject", "CreateMultipartUpload", "CompleteMultipartUpload"} <= ops
+    assert not ops & {"CopyObject", "UploadPartCopy", "DeleteObject"}
+    assert {key for _, key in calls} == {"out/shard-000000.tar"}
+    assert storage.read_bytes(url) == big.read_bytes()
+    # Mid-upload, the key still holds the previous version, whole.
+    bucket, key = s3_bucket, "out/shard-000000.tar"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"v3")
+    assert storage.read_bytes(url) == big.read_bytes()
+    assert storage.list_prefix(f"s3://{bucket}/out/") == [url]
+    parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload=parts)
+    assert storage.read_bytes(url) == b"v3"
 
 
 def test_atomic_put_file(root: str, tmp_path: Path) -> None:
