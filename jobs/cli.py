@@ -5,7 +5,7 @@
     (both: --precision fp32|bf16, bf16 autocast of the heavy stages; oscar_core/precision.py)
     oscar info FILE                              -> JSON on stdout
     oscar rates [--json]                         -> the rate ladder
-    oscar import-reference / fit-entropy         -> jobs/model_cli.py
+    oscar import-reference / fit-entropy / fit-context -> jobs/model_cli.py
     oscar demo                                   -> the embedded default (see jobs/demo.py)
 
 Exit status: 0 when every input succeeded, 2 when any input was bad (the others are still
@@ -115,7 +115,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     codec = _load_codec(args)
     try:
         data = Path(args.file).read_bytes()
-        header, payload = bitstream.unpack(data, codec.model_id)  # CRC seeded with the id
+        # the CRC is seeded with the model id (format 3: the id without the context model)
+        header, payload = bitstream.unpack(data, codec.model_id, codec.base_model_id)
     except (OSError, BitstreamError) as exc:
         _error(args.file, f"cannot read bitstream: {exc}")
         return EXIT_BAD_INPUT
@@ -141,6 +142,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         # the entropy coder's pmf for this rate: "fitted" from images, or still "uniform"
         # (an imported reference model before `oscar fit-entropy`): bytes, never pixels
         "pmf": ("fitted" if codec.model.pmf_fitted(rate.index) else "uniform") if rate else None,
+        # which probability model coded the payload: uniform, static (the pmf) or context
+        "probability_model": header.probability_model.name.lower(),
     }
     print(json.dumps(info, indent=2))
     return 0
@@ -299,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_shard_commands(sub, add)
 
-    # -- model commands: import-reference, fit-entropy (jobs/model_cli.py)
+    # -- model commands: import-reference, fit-entropy, fit-context (jobs/model_cli.py)
     from jobs.model_cli import add_model_commands
 
     add_model_commands(sub, add)
