@@ -119,7 +119,7 @@ def wavefronts(h: int, w: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     its symbols (rows ascending) and of their neighbours in the padded (h+1, w+2) grid
     (``neighbours``): ((m,), (m, 4))."""
     out = []
-    for t in range(2 * (h - 1) + w):
+    for t in range(2 * (h - 1) + w if h and w else 0):
         i = np.arange(max(0, -(-(t - w + 1) // 2)), min(h - 1, t // 2) + 1, dtype=np.int64)
         if i.size:  # empty for odd t when w == 1
             at = (1 + i) * (w + 2) + 1 + t - 2 * i  # j = t - 2 i
@@ -244,7 +244,7 @@ class ContextCoder:
         h, w = grid.shape
         padded = np.full((h + 1, w + 2), -1, dtype=np.int64)
         padded[1:, 1:-1] = grid
-        order = np.concatenate([at for at, _ in wavefronts(h, w)])
+        order = np.concatenate([np.zeros(0, np.int64), *(at for at, _ in wavefronts(h, w))])
         step = max(1, CHUNK_ELEMENTS // self.K)
         return padded, [order[s : s + step] for s in range(0, order.size, step)]
 

@@ -4,10 +4,12 @@ order, round trips, golden bytes, hostile payloads, the per-stream choice of mod
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from oscar_core import bitstream
 from oscar_core import context as ctx
 from oscar_core.bitstream import ProbabilityModel
 from oscar_core.context import (
@@ -134,7 +136,7 @@ def test_wavefronts_are_causal_and_cover_the_grid(shape):
 # ---------------------------------------------------------------- coding
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 3), (12, 8), (33, 17)])
+@pytest.mark.parametrize("shape", [(0, 5), (1, 1), (1, 9), (9, 1), (2, 3), (12, 8), (33, 17)])
 @pytest.mark.parametrize("which", ["handmade", "fitted"])
 def test_round_trip(shape, which, fitted):
     tables = handmade() if which == "handmade" else fitted
@@ -146,6 +148,7 @@ def test_round_trip(shape, which, fitted):
     np.testing.assert_array_equal(back, grid)
     ideal = coder.ideal_bits(grid)
     assert ideal <= 8 * len(data) + 1 and len(data) <= ideal / 8 + 8 + 1  # seal <= 8 bytes
+    assert (grid.size == 0) == (data == b"")  # no symbols, no bytes
     assert len(data) <= max_payload_bytes(grid.size, 24)
 
 
@@ -305,3 +308,59 @@ def test_fitted_model_beats_the_static_pmf_on_held_out_grids(fitted):
     for grid in held_out:
         context_bits = ContextCoder(fitted).ideal_bits(grid)
         assert context_bits < 0.75 * static.ideal_bits(grid)
+
+
+# ---------------------------------------------------------------- the shipped model
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from oscar_core import Codec
+
+    return Codec.from_pretrained()
+
+
+def test_shipped_model_has_its_context_model(shipped):
+    """The ids pin the shipped weights and tables (oscar fit-context on the 580 training
+    photos): the base id is the id format-3 streams were written under."""
+    assert shipped.model.context is not None and shipped.model.context.images == 580
+    assert shipped.base_model_id.hex() == "dd57db94"
+    assert shipped.model_id.hex() == "c9182308"
+
+
+@pytest.mark.parametrize("rate_index", [0, 2, 7])
+def test_format3_golden_streams_still_decode(shipped, rate_index):
+    """Streams the format-3 codec wrote with the shipped weights (tests/oscar_core/golden)
+    decode to their indices, and to the pixels of a format-4 stream of the same indices."""
+    golden = np.load(GOLDEN / "format3-indices.npz")[f"rate{rate_index}"].astype(np.int64)
+    s3 = (GOLDEN / f"format3-rate{rate_index}.oscar").read_bytes()
+    p3 = shipped.parse(s3)
+    assert p3.header.version == 3 and p3.header.probability_model == ProbabilityModel.STATIC
+    np.testing.assert_array_equal(p3.indices, golden)
+    model, payload = shipped.stream_coder(rate_index).encode(golden)
+    header4 = bitstream.Header(
+        shipped.model_id,
+        rate_index,
+        p3.header.height,
+        p3.header.width,
+        p3.header.rms,
+        probability_model=model,
+    )
+    s4 = bitstream.pack(header4, payload)
+    np.testing.assert_array_equal(shipped.parse(s4).indices, golden)
+    d3, d4 = shipped.decompress([s3, s4])
+    np.testing.assert_array_equal(d3, d4)  # same indices, same pixels
+
+
+def test_shipped_context_golden_bytes(shipped):
+    """The shipped tables' frequencies and payload bytes on the golden indices (pinned: a
+    change means old streams no longer decode)."""
+    grid = np.load(GOLDEN / "format3-indices.npz")["rate7"].astype(np.int64)  # (16, 24)
+    tables = shipped.model.context.rates[7]
+    f = tables.frequencies(all_neighbours(grid)).astype(np.int64)
+    assert hashlib.sha256(f.tobytes()).hexdigest()[:16] == "6d530d3cdce593e7"
+    data = ContextCoder(tables).encode(grid)
+    assert hashlib.sha256(data).hexdigest()[:16] == "3f7bbb573c03bac1" and len(data) == 280
+    np.testing.assert_array_equal(ContextCoder(tables).decode(data, 16, 24), grid)
