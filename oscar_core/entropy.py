@@ -1,9 +1,12 @@
-"""Static-PMF range coding of vector-quantiser indices.
+"""Static-PMF range coding of vector-quantiser indices, and the framing every coder shares.
 
-The VQ indices of one image are coded with a single static distribution (one PMF per
-model / rate, shipped with the weights) through ``constriction``'s range coder (Rust, with
-Python bindings). We do not hand-write a range coder; this module quantises the PMF, frames
-the coder's words as bytes and validates what comes back.
+``IndexCoder`` codes the VQ indices of one image with a single static distribution (one PMF
+per model / rate, shipped with the weights; the uniform PMF is the fixed-length fallback)
+through ``constriction``'s range coder (Rust, with Python bindings). We do not hand-write a
+range coder; this module quantises the PMF, frames the coder's words as bytes
+(:func:`frame`, :func:`unframe`) and validates what comes in and back
+(:func:`check_indices`, :func:`check_payload`); the context model (``context.py``) codes with
+the same coder and framing, and a stream's header says which model coded it.
 
 The PMF the coder uses
     The float PMF is quantised once to 16-bit integer frequencies (compressai's
