@@ -32,10 +32,11 @@ import torch
 from PIL import Image
 
 from . import bitstream
+from .context import StreamCoder
 from .entropy import IndexCoder
 from .errors import BitstreamError
 from .hyper import channel_rms, match_norms
-from .images import crop, pad_reflect, padded_size, rgb_arrays, to_tensor, to_uint8
+from .images import crop, pad_reflect, padded_size, rgb_arrays, to_rgb_array, to_tensor, to_uint8
 from .ladder import Rate, RateLadder
 from .model import OscarModel
 from .precision import compute_precision, configure_cuda_determinism, resolve_precision
@@ -80,7 +81,10 @@ class Codec:
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
         self.model_id: bytes = model.model_id()
+        # what format-3 streams (static pmf only, written before context models) are under
+        self.base_model_id: bytes = model.base_model_id()
         self._coders: dict[int, IndexCoder] = {}
+        self._stream_coders: dict[int, StreamCoder] = {}
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -106,10 +110,20 @@ class Codec:
         return self.model.ladder
 
     def coder(self, rate_index: int) -> IndexCoder:
+        """The range coder under the rate's static pmf."""
         if rate_index not in self._coders:
             pmf = self.model.pmf(rate_index).double().cpu().numpy()
             self._coders[rate_index] = IndexCoder(pmf)
         return self._coders[rate_index]
+
+    def stream_coder(self, rate_index: int) -> StreamCoder:
+        """The rate's probability models (uniform, static pmf, context model when the model
+        has one); ``encode`` keeps the cheapest per stream (``context.py``)."""
+        if rate_index not in self._stream_coders:
+            context = self.model.context
+            tables = context.rates[rate_index] if context is not None else None
+            self._stream_coders[rate_index] = StreamCoder(self.coder(rate_index), tables)
+        return self._stream_coders[rate_index]
 
     # -- the heavy stages, at the codec's precision (float32 in, float32 out) ------------
     def latent_encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,17 +172,19 @@ class Codec:
         rms = channel_rms(z0).cpu()  # (B,4); Header rounds it to the 1/16-octave code
         # fp32 whatever the precision: bf16 here flips many argmax indices (precision.py)
         indices = self.model.hypers[rate.index].encode_indices(z0).cpu().numpy()  # (B,hc,wc)
-        coder = self.coder(rate.index)
+        coder = self.stream_coder(rate.index)
         streams = []
         for b in range(len(batch)):
+            probability_model, payload = coder.encode(indices[b])  # the cheapest model
             header = bitstream.Header(
                 model_id=self.model_id,
                 rate_index=rate.index,
                 height=height,
                 width=width,
                 rms=tuple(float(v) for v in rms[b]),
+                probability_model=probability_model,
             )
-            streams.append(bitstream.pack(header, coder.encode(indices[b])))
+            streams.append(bitstream.pack(header, payload))
         return streams
 
     @torch.inference_mode()
@@ -186,11 +202,27 @@ class Codec:
                 counts[r.index] += np.bincount(indices.ravel(), minlength=r.K)
         return counts
 
+    @torch.inference_mode()
+    def rate_indices(self, image: Image.Image | np.ndarray) -> list[np.ndarray]:
+        """The index grid (hc, wc) int64 of one image at every rate, exactly as ``compress``
+        codes it (z0 computed once per padding multiple). The context model is fitted on
+        these (``oscar_core.fitting``)."""
+        array = to_rgb_array(image)
+        z0s: dict[int, torch.Tensor] = {}
+        grids = []
+        for r in self.ladder:
+            multiple = self.model.pad_multiple(r.index)
+            if multiple not in z0s:
+                z0s[multiple] = self._latents([array], multiple)  # (1,4,ph/8,pw/8)
+            grids.append(self.model.hypers[r.index].encode_indices(z0s[multiple])[0].cpu().numpy())
+        return grids
+
     # -- decode ------------------------------------------------------------------------
     def parse(self, stream: bytes) -> Parsed:
         """Validate one bitstream against this model and entropy-decode its indices."""
-        # The CRC is seeded with our model id: a stream from another model fails it.
-        header, payload = bitstream.unpack(stream, self.model_id)
+        # The CRC is seeded with our model id (format 3: the id without the context model):
+        # a stream from another model fails it.
+        header, payload = bitstream.unpack(stream, self.model_id, self.base_model_id)
         if header.rate_index >= len(self.ladder):
             raise BitstreamError(
                 f"rate index {header.rate_index} not on this model's ladder (0..{len(self.ladder) - 1})"
@@ -206,7 +238,8 @@ class Codec:
         # the code grid is that divided by the hyper-encoder's downsampling.
         ph, pw = padded_size(header.height, header.width, self.model.pad_multiple(rate.index))
         hc, wc = ph // 8 // rate.downsample, pw // 8 // rate.downsample
-        indices = self.coder(rate.index).decode(payload, hc * wc).reshape(hc, wc)
+        coder = self.stream_coder(rate.index)
+        indices = coder.decode(header.probability_model, payload, hc, wc)
         return Parsed(header, rate, indices)
 
     @torch.inference_mode()

@@ -1,9 +1,12 @@
-"""Static-PMF range coding of vector-quantiser indices.
+"""Static-PMF range coding of vector-quantiser indices, and the framing every coder shares.
 
-The VQ indices of one image are coded with a single static distribution (one PMF per
-model / rate, shipped with the weights) through ``constriction``'s range coder (Rust, with
-Python bindings). We do not hand-write a range coder; this module quantises the PMF, frames
-the coder's words as bytes and validates what comes back.
+``IndexCoder`` codes the VQ indices of one image with a single static distribution (one PMF
+per model / rate, shipped with the weights; the uniform PMF is the fixed-length fallback)
+through ``constriction``'s range coder (Rust, with Python bindings). We do not hand-write a
+range coder; this module quantises the PMF, frames the coder's words as bytes
+(:func:`frame`, :func:`unframe`) and validates what comes in and back
+(:func:`check_indices`, :func:`check_payload`); the context model (``context.py``) codes with
+the same coder and framing, and a stream's header says which model coded it.
 
 The PMF the coder uses
     The float PMF is quantised once to 16-bit integer frequencies (compressai's
@@ -89,11 +92,65 @@ def fixed_length_bits(n: int, K: int) -> int:
     return n * (K - 1).bit_length()
 
 
-def max_payload_bytes(count: int) -> int:
-    """A bound on the payload :meth:`IndexCoder.encode` produces for ``count`` symbols:
-    each costs at most ``PRECISION`` bits (frequency >= 1 of 2**16) plus the range coder's
-    rounding loss (far below one bit), then the seal."""
-    return (count * (PRECISION + 1) + 7) // 8 + SEAL_BYTES
+def max_payload_bytes(count: int, precision: int = PRECISION) -> int:
+    """A bound on the payload of ``count`` symbols whose frequencies are >= 1 of
+    ``2**precision``: each costs at most ``precision`` bits plus the range coder's rounding
+    loss (far below one bit), then the seal. :meth:`IndexCoder.encode`: precision 16; the
+    context model (``context.py``): 24, the coder's own precision."""
+    return (count * (precision + 1) + 7) // 8 + SEAL_BYTES
+
+
+def frame(words: np.ndarray) -> bytes:
+    """The coder's sealed 32-bit words -> payload bytes: big-endian, trailing zero bytes
+    removed (module docstring)."""
+    return np.asarray(words, dtype=np.uint32).astype(">u4").tobytes().rstrip(b"\0")
+
+
+def check_payload(data: object, count: object, precision: int = PRECISION) -> tuple[bytes, int]:
+    """Validate an untrusted payload and symbol count before decoding: ``(bytes, count)``.
+
+    Raises :class:`BitstreamError` for a non-bytes payload, a count that is not an integer
+    in ``[0, MAX_SYMBOLS]``, a payload longer than any coding of ``count`` symbols
+    (:func:`max_payload_bytes`) or bytes for zero symbols."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise BitstreamError(f"entropy payload must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if isinstance(count, bool) or not isinstance(count, int | np.integer):
+        raise BitstreamError(f"symbol count must be an integer, got {count!r}")
+    count = int(count)
+    if count < 0 or count > MAX_SYMBOLS:
+        raise BitstreamError(f"symbol count {count} outside [0, MAX_SYMBOLS={MAX_SYMBOLS}]")
+    limit = max_payload_bytes(count, precision)
+    if len(data) > limit:
+        raise BitstreamError(
+            f"entropy payload of {len(data)} bytes is longer than any coding of {count} "
+            f"symbols (at most {limit})"
+        )
+    if count == 0 and data:
+        raise BitstreamError(f"entropy payload of {len(data)} bytes for 0 symbols")
+    return data, count
+
+
+def unframe(data: bytes) -> np.ndarray:
+    """Payload bytes -> the coder's 32-bit words (zero-padded to whole words), (n,) uint32."""
+    return np.frombuffer(data + bytes(-len(data) % 4), dtype=">u4").astype(np.uint32)
+
+
+def check_indices(indices: np.ndarray, K: int) -> np.ndarray:
+    """Indices to code (any shape, C order) -> flat int64; ``ValueError`` for non-integers,
+    more than :data:`MAX_SYMBOLS` or an index outside ``[0, K)``."""
+    arr = np.asarray(indices)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"indices must be integers, got dtype {arr.dtype}")
+    flat = arr.reshape(-1)
+    if flat.size > MAX_SYMBOLS:
+        raise ValueError(f"{flat.size} indices exceed MAX_SYMBOLS={MAX_SYMBOLS}")
+    if flat.size:
+        lo, hi = int(flat.min()), int(flat.max())
+        if lo < 0 or hi >= K:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"index {bad} outside the codebook [0, {K})")
+    return flat.astype(np.int64)
 
 
 class IndexCoder:
@@ -129,54 +186,24 @@ class IndexCoder:
         self._model = constriction.stream.model.Categorical(freqs.astype(np.float64), perfect=True)
         self._code_bits = PRECISION - np.log2(freqs.astype(np.float64))  # -log2 q(s)
 
-    def _check_indices(self, indices: np.ndarray) -> np.ndarray:
-        arr = np.asarray(indices)
-        if arr.dtype.kind not in "iu":
-            raise ValueError(f"indices must be integers, got dtype {arr.dtype}")
-        flat = arr.reshape(-1)
-        if flat.size > MAX_SYMBOLS:
-            raise ValueError(f"{flat.size} indices exceed MAX_SYMBOLS={MAX_SYMBOLS}")
-        if flat.size:
-            lo, hi = int(flat.min()), int(flat.max())
-            if lo < 0 or hi >= self.K:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"index {bad} outside the codebook [0, {self.K})")
-        return flat.astype(np.int64)
-
     def encode(self, indices: np.ndarray) -> bytes:
         """Code ``indices`` (any shape, C order) to bytes; ``decode`` returns them flattened."""
-        flat = self._check_indices(indices)
+        flat = check_indices(indices, self.K)
         encoder = constriction.stream.queue.RangeEncoder()
         if flat.size:
             encoder.encode(flat.astype(np.int32), self._model)
-        words = encoder.get_compressed()  # (n,) uint32, sealed
-        return words.astype(">u4").tobytes().rstrip(b"\0")
+        return frame(encoder.get_compressed())  # (n,) uint32, sealed
 
     def decode(self, data: bytes, count: int) -> np.ndarray:
         """Decode ``count`` indices (int64, shape ``(count,)``) from untrusted ``data``.
 
         Raises :class:`BitstreamError` for anything wrong with ``data`` or ``count``.
         """
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise BitstreamError(f"entropy payload must be bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if isinstance(count, bool) or not isinstance(count, int | np.integer):
-            raise BitstreamError(f"symbol count must be an integer, got {count!r}")
-        count = int(count)
-        if count < 0 or count > MAX_SYMBOLS:
-            raise BitstreamError(f"symbol count {count} outside [0, MAX_SYMBOLS={MAX_SYMBOLS}]")
-        if len(data) > max_payload_bytes(count):
-            raise BitstreamError(
-                f"entropy payload of {len(data)} bytes is longer than any coding of {count} "
-                f"symbols (at most {max_payload_bytes(count)})"
-            )
+        data, count = check_payload(data, count)
         if count == 0:
-            if data:
-                raise BitstreamError(f"entropy payload of {len(data)} bytes for 0 symbols")
             return np.zeros(0, dtype=np.int64)
-        words = np.frombuffer(data + bytes(-len(data) % 4), dtype=">u4").astype(np.uint32)
         try:
-            decoder = constriction.stream.queue.RangeDecoder(words)
+            decoder = constriction.stream.queue.RangeDecoder(unframe(data))
             out = decoder.decode(self._model, count)
         except Exception as e:  # noqa: BLE001 - constriction raises AssertionError/ValueError
             raise BitstreamError(f"entropy payload does not decode: {e}") from None
@@ -193,5 +220,5 @@ class IndexCoder:
 
     def ideal_bits(self, indices: np.ndarray) -> float:
         """``-sum log2 q(s)`` over ``indices`` under the coder's quantised PMF ``q``."""
-        flat = self._check_indices(indices)
+        flat = check_indices(indices, self.K)
         return float(self._code_bits[flat].sum())

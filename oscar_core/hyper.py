@@ -134,13 +134,17 @@ class HyperEncoder(nn.Module):
         self.quantizer._codebook.initted.fill_(True)
 
     # -- coding path -------------------------------------------------------------------
+    def codewords(self) -> Tensor:
+        """The unit codewords (K, codebook_dim) the VQ compares by cosine similarity."""
+        return F.normalize(self.quantizer._codebook.embed[0], dim=-1)
+
     def encode_indices(self, z0: Tensor) -> Tensor:
         """z0 (B,4,h,w) -> indices (B,h/d,w/d) int64: argmax cosine similarity."""
         y = self.backbone(z0)
         b, m, hc, wc = y.shape
         y = y.permute(0, 2, 3, 1).reshape(b, hc * wc, m)
         y = F.normalize(self.quantizer.project_in(y), dim=-1)  # (B, L, codebook_dim)
-        codebook = F.normalize(self.quantizer._codebook.embed[0], dim=-1)  # (K, codebook_dim)
+        codebook = self.codewords()  # (K, codebook_dim)
         return (y @ codebook.t()).argmax(dim=-1).reshape(b, hc, wc)
 
     def decode_indices(self, indices: Tensor) -> Tensor:

@@ -6,8 +6,11 @@
     x_t, t_r --denoiser--> z0_hat --autoencoder.decode--> x_hat (B,3,H,W)
 
 The per-rate index distributions (``pmf_<r>``, shape (K_r,)) are buffers: they are part of
-the weights file and of the model id, so encoder and decoder always agree on the CDFs.
-Storage: ``config.json`` + ``model.safetensors`` in one directory. No pickle.
+the weights file and of the model id, so encoder and decoder always agree on the CDFs. The
+optional context model (``context.py``: integer tables, ``oscar fit-context``) is kept beside
+the weights, in ``context.safetensors``, and is part of the model id too.
+Storage: ``config.json`` + ``model.safetensors`` (+ ``context.safetensors``) in one
+directory. No pickle.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import Tensor, nn
 
 from .autoencoder import LatentAutoencoder
 from .config import CONFIG_NAME, WEIGHTS_NAME, OscarConfig
+from .context import CONTEXT_NAME, ContextModel
 from .denoiser import OneStepDenoiser
 from .entropy import uniform_pmf
 from .hyper import HEAD_LAYOUT, HyperEncoder, channel_rms, hyper_layout, match_norms
@@ -42,6 +46,8 @@ class OscarModel(nn.Module):
             HyperEncoder(config.hyper, rate, latent_channels) for rate in self.ladder
         )
         self.denoiser = OneStepDenoiser(config.denoiser, empty_weights)
+        # integer tables of the context model (not a tensor: never moved, cast or trained)
+        self.context: ContextModel | None = None
         for rate in self.ladder:
             # uniform until training estimates the index histograms
             self.register_buffer(f"pmf_{rate.index}", torch.from_numpy(uniform_pmf(rate.K)).float())
@@ -94,19 +100,34 @@ class OscarModel(nn.Module):
         }
 
     # -- identity and storage ------------------------------------------------------------
-    def model_id(self) -> bytes:
-        """4 bytes of SHA-256 over the architecture (the config without name and notes) and
-        every saved tensor (name, dtype, shape, bytes): the same weights anywhere, under any
-        path or name, give the same id; no path is in the config to begin with."""
+    def _weights_digest(self) -> bytes:
         h = hashlib.sha256(self.config.architecture_json().encode())
         for name, tensor in sorted(self.state_dict().items()):
             t = tensor.detach().cpu().contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.digest()
+
+    def base_model_id(self) -> bytes:
+        """4 bytes of SHA-256 over the architecture (the config without name and notes) and
+        every saved tensor (name, dtype, shape, bytes): the same weights anywhere, under any
+        path or name, give the same id; no path is in the config to begin with. The context
+        model is not in it: this is the id format-3 streams were written under."""
+        return self._weights_digest()[:4]
+
+    def model_id(self) -> bytes:
+        """The model's id: ``base_model_id`` without a context model, else 4 bytes of
+        SHA-256 over the weights digest and the context model's digest (every table)."""
+        if self.context is None:
+            return self.base_model_id()
+        h = hashlib.sha256(b"oscar-model+context|" + self._weights_digest())
+        h.update(self.context.digest())
         return h.digest()[:4]
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-        """Write config.json + model.safetensors (floats cast to ``dtype``, pmfs kept fp32)."""
+        """Write config.json + model.safetensors (floats cast to ``dtype``, pmfs kept fp32)
+        and the context model (``context.safetensors``; an old one is removed when the model
+        has none: it would describe other codebooks)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {}
@@ -117,6 +138,10 @@ class OscarModel(nn.Module):
             state[name] = t.clone()
         save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
         (out / CONFIG_NAME).write_text(self.config.to_json() + "\n")
+        if self.context is not None:
+            self.context.save(out)
+        else:
+            (out / CONTEXT_NAME).unlink(missing_ok=True)
         return out
 
     @staticmethod
@@ -164,4 +189,6 @@ class OscarModel(nn.Module):
                 f"model directory {directory}: weights do not match {config.name}: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
+        if (Path(directory) / CONTEXT_NAME).is_file():
+            model.context = ContextModel.load(directory, [r.K for r in model.ladder])
         return model.eval()

@@ -216,7 +216,8 @@ def not_run(title: str, goal: str, why: str, todo: str) -> SectionResult:
 
 def load_images(directory: Path, quick: bool) -> tuple[list[np.ndarray], list[str]]:
     """RGB arrays of every image in ``directory`` (sorted); --quick: the first one, cropped
-    to 256x256. Images of different sizes are centre-cropped to the smallest common size."""
+    to 256x256. Portrait images among landscape ones (or the reverse) are turned by 90
+    degrees, then images of different sizes are centre-cropped to the smallest common size."""
     from PIL import Image
 
     from oscar_core.images import to_rgb_array
@@ -235,7 +236,10 @@ def load_images(directory: Path, quick: bool) -> tuple[list[np.ndarray], list[st
             arr = center_crop(arr, QUICK_CROP)
         images.append(arr)
         names.append(path.name)
-    # Batches need one size: mixed sizes are centre-cropped to the smallest common one.
+    # Batches need one size: a portrait photo among landscape ones (Kodak: 6 of 24) is
+    # turned by 90 degrees, then mixed sizes are centre-cropped to the smallest common one.
+    landscape = sum(a.shape[1] >= a.shape[0] for a in images) * 2 >= len(images)
+    images = [np.rot90(a).copy() if (a.shape[1] >= a.shape[0]) != landscape else a for a in images]
     h = min(a.shape[0] for a in images)
     w = min(a.shape[1] for a in images)
     if any(a.shape[:2] != (h, w) for a in images):

@@ -30,7 +30,7 @@ STAGE_NOTES = {
     "preprocess": "uint8 -> float tensor, reflection pad",
     "latent_encode": "autoencoder encoder (posterior mode)",
     "hyper_encode_vq": "hyper-encoder backbone + cosine argmax VQ + channel RMS",
-    "entropy_encode": "range encode + header/CRC pack",
+    "entropy_encode": "range encode (every probability model, the cheapest kept) + header/CRC pack",
     "entropy_decode": "header/CRC check + range decode",
     "hyper_decode": "codebook lookup + projection to z~",
     "norm_matching": "rescale z~ to the transmitted RMS",
@@ -139,7 +139,7 @@ def stage_profile(
     ph, pw = padded_size(h, w, model.pad_multiple(rate_index))
     inv = _rate_invariant(ctx, batches, rate, (batch, ph, pw), precision)
     z0 = inv["z0"]
-    hyper, coder = model.hypers[rate_index], codec.coder(rate_index)
+    hyper, coder = model.hypers[rate_index], codec.stream_coder(rate_index)
 
     def hyper_encode(z):
         return channel_rms(z), hyper.encode_indices(z).numpy()
@@ -149,14 +149,16 @@ def stage_profile(
     def entropy_encode(rms, idx):
         out = []
         for b in range(idx.shape[0]):
+            probability_model, payload = coder.encode(idx[b])  # the codec's choice
             header = bitstream.Header(
                 model_id=codec.model_id,
                 rate_index=rate_index,
                 height=h,
                 width=w,
                 rms=tuple(float(v) for v in rms[b]),
+                probability_model=probability_model,
             )
-            out.append(bitstream.pack(header, coder.encode(idx[b])))
+            out.append(bitstream.pack(header, payload))
         return out
 
     streams = [entropy_encode(r, i) for r, i in side]

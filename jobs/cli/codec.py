@@ -115,7 +115,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     codec = _load_codec(args)
     try:
         data = Path(args.file).read_bytes()
-        header, payload = bitstream.unpack(data, codec.model_id)  # CRC seeded with the id
+        # the CRC is seeded with the model id (format 3: the id without the context model)
+        header, payload = bitstream.unpack(data, codec.model_id, codec.base_model_id)
     except (OSError, BitstreamError) as exc:
         print_error(args.file, f"cannot read bitstream: {exc}")
         return EXIT_BAD_INPUT
@@ -141,6 +142,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         # the entropy coder's pmf for this rate: "fitted" from images, or still "uniform"
         # (an imported reference model before `oscar fit-entropy`): bytes, never pixels
         "pmf": ("fitted" if codec.model.pmf_fitted(rate.index) else "uniform") if rate else None,
+        # which probability model coded the payload: uniform, static (the pmf) or context
+        "probability_model": header.probability_model.name.lower(),
     }
     print(json.dumps(info, indent=2))
     return 0

@@ -1,12 +1,15 @@
-"""Model commands of ``oscar``: bring the published OSCAR in, fit its entropy coder.
+"""Model commands of ``oscar``: bring the published OSCAR in, fit its entropy coders.
 
     oscar import-reference --sd21 DIR --checkpoint FILE --allow-pickle --out MODEL_DIR
                            [--dtype fp16|bf16|fp32] [--data IMAGES [--limit N]]
         SD-2.1 (diffusers layout) + the reference checkpoint -> a self-contained model
-        directory (oscar_core/reference.py); with --data, then fit-entropy on it.
+        directory (oscar_core/reference.py); with --data, then fit-entropy and fit-context.
     oscar fit-entropy --model MODEL_DIR --data IMAGES [--limit N]
         per-rate index pmfs from images, written into the model (pixels never change, bytes
         do; the model id changes with the pmfs, so streams of the old id are refused).
+    oscar fit-context --model MODEL_DIR --data IMAGES [--limit N] [--cache FILE.npz]
+        the context model of the indices (oscar_core/fitting.py) -> context.safetensors
+        (pixels never change, bytes do; the model id changes, format-3 streams still decode).
 
 Errors (a missing file, a key or shape that does not fit, pickle not allowed) are one line
 ``oscar: error: <command>: <reason>`` and exit 2, before anything is written.
@@ -87,12 +90,32 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
     )
     del model
     if args.data:
-        return fit_entropy(out, args.data, args.limit)
+        fit_entropy(out, args.data, args.limit)
+        return fit_context(out, args.data, args.limit)
+    return 0
+
+
+def fit_context(
+    model_dir: str | Path, data: list[str], limit: int | None = None, cache: str | None = None
+) -> int:
+    """Fit the model's context model on images (``oscar_core.fitting``)."""
+    from oscar_core.fitting import fit_context_model
+
+    files = image_files(data, limit)
+    fit = fit_context_model(model_dir, files, cache=cache, log=print)
+    print(
+        f"fitted the context model of {model_dir} on {fit.images} images in "
+        f"{fit.seconds:.1f} s: model id {fit.old_id} -> {fit.new_id}"
+    )
     return 0
 
 
 def cmd_fit_entropy(args: argparse.Namespace) -> int:
     return fit_entropy(args.model, args.data, args.limit)
+
+
+def cmd_fit_context(args: argparse.Namespace) -> int:
+    return fit_context(args.model, args.data, args.limit, args.cache)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -112,7 +135,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default="fp32",
         help="stored weights (fp16 halves the size)",
     )
-    p.add_argument("--data", nargs="+", default=None, metavar="IMAGES", help="then fit pmfs")
+    p.add_argument(
+        "--data", nargs="+", default=None, metavar="IMAGES", help="then fit pmfs and context"
+    )
     p.add_argument("--limit", type=int, default=None, help="first N images of --data")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model dir")
     p.set_defaults(fn=cmd_import_reference)
@@ -121,3 +146,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "fit-entropy", cmd_fit_entropy, help_text)
     p.add_argument("--data", nargs="+", required=True, metavar="IMAGES")
     p.add_argument("--limit", type=int, default=None, help="first N images")
+
+    help_text = "fit the context model of the indices from images"
+    p = add_command(sub, "fit-context", cmd_fit_context, help_text)
+    p.add_argument("--data", nargs="+", required=True, metavar="IMAGES")
+    p.add_argument("--limit", type=int, default=None, help="first N images")
+    p.add_argument("--cache", default=None, metavar="FILE.npz", help="index grids, reused")

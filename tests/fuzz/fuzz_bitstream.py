@@ -1,12 +1,13 @@
-"""Fuzz target: the bitstream parser and the entropy decoder may only raise BitstreamError.
+"""Fuzz target: the bitstream parser and the entropy decoders may only raise BitstreamError.
 
     python -m tests.fuzz.fuzz_bitstream [libFuzzer flags] [corpus dir]     (atheris)
     python -m tests.fuzz.fuzz_bitstream --hypothesis -max_total_time=600  (no atheris)
     make fuzz                                    (FUZZ_SECONDS=600, corpus in out/fuzz/)
 
 With atheris installed (the ``dev`` extra) the run is coverage-guided: ``oscar_core``'s
-bitstream, entropy and codec modules are instrumented, libFuzzer mutates a seed corpus of
-real streams (a small image coded at every rate) and prints its own statistics; a failing
+bitstream, entropy, context and codec modules are instrumented, libFuzzer mutates a seed
+corpus of real streams (a small image coded at every rate in format 4, and the format-3
+golden streams of tests/oscar_core/golden) and prints its own statistics; a failing
 input is saved as ``crash-<sha1>`` and the run exits non-zero. Without atheris (or with
 ``--hypothesis``) the same ``one_input`` is driven by Hypothesis, in batches, until the
 time is up: random bytes and mutated seeds. Both print the number of cases run.
@@ -14,11 +15,14 @@ time is up: random bytes and mutated seeds. Both print the number of cases run.
 The first byte of an input picks what the rest is fed to:
 
     0  ``Codec.parse(rest)``: a raw stream (magic, lengths and CRC reject most of these);
-    1  the bytes after the version byte (a rate nibble first), with magic, version and the
-       CRC (seeded with this model's id, or a foreign one) made right, so the field checks
-       and the entropy decoder are reached;
+    1  the bytes after the version byte (a rate nibble first), with magic, version (4, or 3
+       when flagged) and the CRC (seeded with this model's id, or a foreign one) made right,
+       so the field checks and the entropy decoders (uniform, static, context: byte 10)
+       are reached;
     2  ``IndexCoder.decode(payload, count)`` on one rate's coder, count from two bytes;
-    3  round trip: indices from the bytes, ``encode`` then ``decode`` must give them back.
+    3  round trip: indices from the bytes, ``encode`` then ``decode`` must give them back;
+    4  ``ContextCoder.decode(payload, h, w)`` on one rate's context model, h and w < 64;
+    5  context round trip: an index grid from the bytes, ``encode`` then ``decode``.
 
 Anything but ``BitstreamError`` escaping (or a wrong round trip, or a parsed stream whose
 indices are out of range) is a finding.
@@ -34,6 +38,7 @@ import tracemalloc
 import zlib
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 
@@ -42,11 +47,14 @@ try:  # optional: without it, the Hypothesis fallback below
 except ImportError:
     atheris = None
 
-MODES = 4
+MODES = 6
+GOLDEN = Path(__file__).resolve().parents[1] / "oscar_core" / "golden"  # format-3 streams
 # Streams declaring more pixels are only header-parsed, to keep each case cheap: a 36-byte
 # stream can declare 54735x16597 (Codec.parse refuses it: over its max_pixels, 64 MP), and
-# one just under 64 MP would still cost ~1 M indices to decode.
-MAX_PIXELS = 4_000_000
+# one just under 64 MP would still cost ~1 M indices to decode. Under the context model a
+# grid costs ~2 us per index plus ~0.1 ms per wavefront (2 h + w of them: a 48x16403 image
+# at rate 3 has 1030), so the cap is 0.25 MP: at most ~50 ms per case.
+MAX_PIXELS = 250_000
 # Per-case bounds (the Hypothesis driver checks both; libFuzzer gets -timeout and
 # -malloc_limit_mb from `make fuzz`): no hang, and no allocation beyond a fixed cap.
 CASE_SECONDS = 5.0
@@ -62,7 +70,12 @@ def _load(instrument: bool = False) -> None:
     pytest, so the rest of a test session runs plain bytecode.
     """
     global bitstream, Codec, MAX_SYMBOLS, BitstreamError
-    under_test = ["oscar_core.bitstream", "oscar_core.entropy", "oscar_core.codec"]
+    under_test = [
+        "oscar_core.bitstream",
+        "oscar_core.entropy",
+        "oscar_core.context",
+        "oscar_core.codec",
+    ]
     ctx = atheris.instrument_imports(include=under_test) if instrument else nullcontext()
     with ctx:
         from oscar_core import bitstream
@@ -72,32 +85,45 @@ def _load(instrument: bool = False) -> None:
 
 
 def codec():  # noqa: ANN201 - an oscar_core.Codec
-    """The shipped model, loaded once (only its ids, ladder and entropy coders are used)."""
+    """The shipped model, loaded once (only its ids, ladder and entropy coders are used).
+    It has a context model (``context.safetensors``), so every decoder is reachable."""
     global _codec
     if _codec is None:
         if "Codec" not in globals():  # not loaded by run_atheris: plain imports
             _load()
         _codec = Codec.from_pretrained()
+        if _codec.model.context is None:
+            raise RuntimeError("the shipped model has no context model: run oscar fit-context")
     return _codec
+
+
+def _context_coder(rate_byte: int):  # noqa: ANN202 - an oscar_core.context.ContextCoder
+    c = codec()
+    return c.stream_coder(rate_byte % len(c.ladder)).coders[bitstream.ProbabilityModel.CONTEXT]
 
 
 def _fixed_up(rest: bytes) -> bytes:
     """``rest`` (flags, then a rate byte, then the bytes after the version byte) inside a
     stream with the right magic, version and CRC, the CRC seeded with this model's id or a
-    foreign one: the field checks and the entropy decoder are reached. Layout assumed
-    (format 3): ``magic | version << 4 | rate | H (2) | W (2) | ...`` and a CRC-32 trailer
-    over ``model id + body``.
+    foreign one: the field checks and the entropy decoders are reached. Layout assumed
+    (format 4): ``magic | version << 4 | rate | H (2) | W (2) | RMS (4) | model | ...`` and a
+    CRC-32 trailer over ``model id + body``; flag 4: format 3 (no model byte, the CRC under
+    the base model id).
     """
     c = codec()
     head = rest[0] if rest else 0
     tail = bytearray(rest[1:] or b"\0")
-    model_id = c.model_id if head & 1 else bytes(b ^ 0xFF for b in c.model_id)
+    version = 3 if head & 4 else bitstream.VERSION
+    own = c.model_id if version == bitstream.VERSION else c.base_model_id
+    model_id = own if head & 1 else bytes(b ^ 0xFF for b in own)
     rate = tail[0] & 0x0F
     if head & 2 and len(tail) >= 5:  # a rate on the ladder and a small image
         h, w = struct.unpack_from(">HH", tail, 1)
         rate %= len(c.ladder)
-        struct.pack_into(">HH", tail, 1, 1 + h % 1024, 1 + w % 1024)
-    body = bitstream.MAGIC + bytes([bitstream.VERSION << 4 | rate]) + bytes(tail[1:])
+        struct.pack_into(">HH", tail, 1, 1 + h % 512, 1 + w % 512)
+        if version == bitstream.VERSION and len(tail) >= 10:
+            tail[9] %= 4  # mostly a known probability model (3: reserved)
+    body = bitstream.MAGIC + bytes([version << 4 | rate]) + bytes(tail[1:])
     return body + struct.pack(">I", zlib.crc32(body, zlib.crc32(model_id)))
 
 
@@ -118,7 +144,7 @@ def one_input(data: bytes) -> str:
     try:
         if mode in (0, 1):
             stream = rest if mode == 0 else _fixed_up(rest)
-            header, _ = bitstream.unpack(stream, c.model_id)
+            header, _ = bitstream.unpack(stream, c.model_id, c.base_model_id)
             if header.height * header.width > MAX_PIXELS:
                 return "big"  # legal, but decoding it costs ~50 bytes of RAM per pixel
             _check_parsed(c.parse(stream))
@@ -127,20 +153,34 @@ def one_input(data: bytes) -> str:
             count = int.from_bytes(rest[1:3].ljust(2, b"\0"), "big")
             out = coder.decode(rest[3:], count)
             assert out.shape == (count,) and (count == 0 or 0 <= out.min() <= out.max() < coder.K)
-        else:
+        elif mode == 3:
             coder = c.coder((rest[:1] or b"\0")[0] % len(c.ladder))
             body = rest[1:]
             x = np.frombuffer(body[: len(body) // 2 * 2], ">u2").astype(np.int64) % coder.K
             x = x[:MAX_SYMBOLS]
             back = coder.decode(coder.encode(x), x.size)
             assert np.array_equal(back, x), "entropy round trip changed the indices"
+        elif mode == 4:
+            coder = _context_coder((rest[:1] or b"\0")[0])
+            h, w = (v % 64 for v in rest[1:3].ljust(2, b"\0"))
+            out = coder.decode(rest[3:], h, w)
+            assert out.shape == (h, w) and (out.size == 0 or 0 <= out.min() <= out.max() < coder.K)
+        else:
+            coder = _context_coder((rest[:1] or b"\0")[0])
+            w = 1 + (rest[1:2] or b"\0")[0] % 32
+            body = rest[2:]
+            x = np.frombuffer(body[: len(body) // 2 * 2], ">u2").astype(np.int64) % coder.K
+            x = x[: x.size // w * w].reshape(-1, w)
+            back = coder.decode(coder.encode(x), *x.shape)
+            assert np.array_equal(back, x), "context round trip changed the indices"
     except BitstreamError:
         return "rejected"
     return "ok"
 
 
 def seeds() -> list[bytes]:
-    """Real streams (a 48x64 image at every rate) as mode-0 and mode-1 inputs."""
+    """Real streams (a 48x64 image at every rate; the format-3 golden streams) as mode-0
+    and mode-1 inputs."""
     c = codec()
     yy, xx = np.mgrid[0:48, 0:64]
     img = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).astype(np.uint8)
@@ -148,8 +188,12 @@ def seeds() -> list[bytes]:
     for rate in range(len(c.ladder)):
         (stream,) = c.compress([img], rate)
         out.append(b"\0" + stream)
-        # mode 1, this model's id, the rate, then H, W, RMS and the payload
+        # mode 1, this model's id, the rate, then H, W, RMS, the model byte and the payload
         out.append(b"\1\1" + bytes([stream[1] & 0x0F]) + stream[2:-4])
+    for path in sorted(GOLDEN.glob("format3-*.oscar")):
+        stream = path.read_bytes()
+        out.append(b"\0" + stream)
+        out.append(b"\1\5" + bytes([stream[1] & 0x0F]) + stream[2:-4])  # flag 4: format 3
     return out
 
 

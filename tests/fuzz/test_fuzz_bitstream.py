@@ -30,12 +30,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_seeds_are_real_streams_that_parse():
     seeds = fb.seeds()
-    assert len(seeds) == 2 * len(fb.codec().ladder)
+    golden = len(list(fb.GOLDEN.glob("format3-*.oscar")))
+    assert golden == 3 and len(seeds) == 2 * len(fb.codec().ladder) + 2 * golden
     assert [fb.one_input(s) for s in seeds] == ["ok"] * len(seeds)
     # Every mode rejects garbage with BitstreamError only (one_input returns "rejected").
     assert fb.one_input(b"\0garbage") == "rejected"
     # 12 bytes cannot be one symbol's payload (entropy.max_payload_bytes(1) == 11)
     assert fb.one_input(b"\2\0\0\x01" + b"\xff" * 12) == "rejected"
+    # nor 40 bytes a 3x3 grid's under the context model (max_payload_bytes(9, 24) == 37)
+    assert fb.one_input(b"\4\0\3\3" + b"\xff" * 40) == "rejected"
+    assert fb.one_input(b"\5\7\5" + bytes(range(200))) == "ok"  # context round trip
 
 
 def test_hypothesis_driver_few_seconds():

@@ -1,4 +1,5 @@
-"""Tests for oscar_core.bitstream: exact layout, round trip, and rejection of bad streams."""
+"""Tests for oscar_core.bitstream: exact layout (format 4, and format 3 still read), round
+trip, and rejection of bad streams."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from hypothesis import strategies as st
 
 from oscar_core.bitstream import (
     FIXED_HEADER_BYTES,
+    FORMAT3_HEADER_BYTES,
     MAGIC,
     MIN_STREAM_BYTES,
     Header,
+    ProbabilityModel,
     crc_matches,
+    format_version,
     pack,
     rms_code,
     rms_value,
@@ -52,34 +56,70 @@ MODEL = b"\x12\x34\x56\x78"  # make_header's model id: seeds the CRC
 def raw_stream(
     *,
     magic: bytes = MAGIC,
-    version: int = 3,
+    version: int = 4,
     model_id: bytes = MODEL,
     rate: int = 0,
     dims: tuple[int, int] = (64, 48),
     rms_codes: tuple[int, int, int, int] = (0,) * 4,  # 2 ** 0 = 1.0
+    probability_model: int | None = 2,  # None: no byte (format 3)
     payload: bytes = b"\x01\x02\x03\x04\x05\x06\x07\x08",
 ) -> bytes:
     """Build a stream field by field, bypassing Header validation, with a correct CRC
     (seeded with ``model_id``)."""
     body = magic + bytes([version << 4 | rate]) + struct.pack(">2H", *dims)
     body += struct.pack(">4b", *rms_codes)
+    if probability_model is not None:
+        body += bytes([probability_model])
     body += payload
     return body + struct.pack(">I", zlib.crc32(model_id + body))
 
 
 def test_layout_is_byte_exact() -> None:
-    h = make_header()
+    h = make_header(probability_model=ProbabilityModel.CONTEXT)
     s = pack(h, PAYLOAD)
-    assert FIXED_HEADER_BYTES == 10 and MIN_STREAM_BYTES == 14
-    assert len(s) == 10 + len(PAYLOAD) + 4
-    assert s[:1] == b"O" and s[1] == 0x33  # version 3 << 4 | rate 3
+    assert FIXED_HEADER_BYTES == 11 and MIN_STREAM_BYTES == 15 and FORMAT3_HEADER_BYTES == 10
+    assert len(s) == 11 + len(PAYLOAD) + 4
+    assert s[:1] == b"O" and s[1] == 0x43  # version 4 << 4 | rate 3
     assert struct.unpack(">2H", s[2:6]) == (375, 500)
     # rms (0.8123, 1.234567, 0.0, 3.14159) -> round(16 log2 v), 0 clamped to -128
     assert struct.unpack(">4b", s[6:10]) == (-5, 5, -128, 26)
-    assert s[10:-4] == PAYLOAD
+    assert s[10] == 2  # the context model coded the payload
+    assert s[11:-4] == PAYLOAD
     assert h.model_id not in s  # not written: it seeds the CRC
     assert s[-4:] == struct.pack(">I", zlib.crc32(h.model_id + s[:-4]))
     assert s == raw_stream(rate=3, dims=(375, 500), rms_codes=(-5, 5, -128, 26), payload=PAYLOAD)
+    assert [m.value for m in ProbabilityModel] == [0, 1, 2]  # uniform, static, context
+
+
+def test_format_3_is_read_and_reemitted() -> None:
+    """Format 3: format 4 without byte 10, always the static pmf; its CRC is seeded with the
+    id the model had without its context model (``format3_model_id``)."""
+    base = b"\x0a\x0b\x0c\x0d"
+    s3 = raw_stream(version=3, model_id=base, rate=3, probability_model=None, payload=PAYLOAD)
+    assert format_version(s3) == 3 and format_version(pack(make_header(), b"")) == 4
+    header, payload = unpack(s3, MODEL, base)
+    assert (header.version, header.probability_model, payload) == (
+        3,
+        ProbabilityModel.STATIC,
+        PAYLOAD,
+    )
+    assert header.model_id == base and header.header_bytes == 10
+    assert pack(header, payload) == s3  # the parsed header re-emits the same bytes
+    with pytest.raises(BitstreamError, match="for model 12345678 .*format-3 stream"):
+        unpack(s3, MODEL)  # format3_model_id defaults to model_id
+    # a format-4 stream is never checked against the format-3 id
+    s4 = pack(make_header(model_id=base), PAYLOAD)
+    with pytest.raises(BitstreamError, match="CRC mismatch"):
+        unpack(s4, MODEL, base)
+    with pytest.raises(ValueError, match="format-3 header has the static pmf"):
+        make_header(version=3, probability_model=ProbabilityModel.CONTEXT)
+    assert crc_matches(s3, base) and not crc_matches(s3, MODEL)
+
+
+@pytest.mark.parametrize("code", [3, 17, 255])
+def test_reserved_probability_models_are_refused(code: int) -> None:
+    with pytest.raises(BitstreamError, match=f"probability model {code} is reserved"):
+        unpack(raw_stream(probability_model=code), MODEL)
 
 
 @pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16384])
@@ -91,7 +131,7 @@ def test_round_trip(n: int) -> None:
     assert p2 == payload
     assert h2 == h  # the header the encoder builds is the header the decoder parses
     assert (h2.model_id, h2.rate_index, h2.height, h2.width) == (MODEL, 3, 375, 500)
-    assert h2.version == 3
+    assert h2.version == 4 and h2.probability_model == ProbabilityModel.STATIC
     assert unpack(pack(h2, p2), MODEL) == (h2, p2)  # idempotent once rounded
 
 
@@ -134,6 +174,9 @@ def test_header_validation() -> None:
         dict(rms=(1.0, 2.0, 3.0, -1.0)),
         dict(rms=(1.0, 2.0, 3.0, math.inf)),
         dict(version=1),  # version 1 streams (with latent dims) are not written any more
+        dict(version=5),
+        dict(probability_model=3),
+        dict(probability_model=-1),
         dict(height=375.0),
     ):
         with pytest.raises(ValueError):
@@ -148,8 +191,10 @@ def test_specific_errors() -> None:
     cases = [
         ("nope", "must be bytes"),
         (s[:10], "too short: 10 bytes"),
+        (s[:14], "too short: 14 bytes, need at least 15"),
         (b"P" + s[1:], "bad magic b'P'"),
         (s[:1] + b"\x13" + s[2:], "unsupported format version 1"),
+        (s[:1] + b"\x53" + s[2:], "unsupported format version 5"),
         (s[:-1], "CRC mismatch.*truncated"),
         (s + b"\x00", "CRC mismatch.*appended"),
         (s[:-4] + bytes(4), "CRC mismatch"),
@@ -183,7 +228,7 @@ def test_bit_flips_fail() -> None:
 @FAST
 @given(st.binary(max_size=120))
 def test_arbitrary_bytes(data: bytes) -> None:
-    for candidate in (data, MAGIC + b"\x30" + data):
+    for candidate in (data, MAGIC + b"\x30" + data, MAGIC + b"\x40" + data):
         try:
             header, payload = unpack(candidate, MODEL)
         except BitstreamError:
@@ -192,11 +237,14 @@ def test_arbitrary_bytes(data: bytes) -> None:
 
 
 @FAST
-@given(payload=st.binary(max_size=64), rate=st.integers(0, 15))
-def test_arbitrary_payload_with_valid_crc(payload: bytes, rate: int) -> None:
-    s = raw_stream(payload=payload, rate=rate)
+@given(payload=st.binary(max_size=64), rate=st.integers(0, 15), model=st.integers(0, 2))
+def test_arbitrary_payload_with_valid_crc(payload: bytes, rate: int, model: int) -> None:
+    s = raw_stream(payload=payload, rate=rate, probability_model=model)
     header, p = unpack(s, MODEL)
     assert p == payload and header.rate_index == rate and header.rms == (1.0,) * 4
+    assert header.probability_model == model
+    s3 = raw_stream(payload=payload, rate=rate, version=3, probability_model=None)
+    assert unpack(s3, MODEL) == (Header(MODEL, rate, 64, 48, (1.0,) * 4, 3), payload)
 
 
 _DIM = st.sampled_from([0, 1, 7, 8, 9, 375, 4096, 65534, 65535])

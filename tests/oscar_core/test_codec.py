@@ -139,3 +139,81 @@ def test_huge_declared_image_is_refused_before_any_allocation(tiny_codec):
         small.parse(ok)
     with pytest.raises(ValueError, match="max_pixels"):
         Codec(tiny_codec.model, max_pixels=0)
+
+
+# ------------------------------------------------------------ the context model (format 4)
+
+
+def test_context_model_round_trip(context_codec):
+    from tests.conftest import kodak_crop
+
+    images = [kodak_crop(), smooth_image(48, 64, seed=11)]
+    used = set()
+    for rate_index in (0, 3, 7):  # the smallest grid, the largest K, the largest grid
+        coder = context_codec.stream_coder(rate_index)
+        for image, stream in zip(images, context_codec.compress(images, rate_index), strict=True):
+            parsed = context_codec.parse(stream)
+            indices = encoded_indices(context_codec, image, rate_index)
+            np.testing.assert_array_equal(parsed.indices, indices)  # the indices are unchanged
+            model = parsed.header.probability_model
+            assert stream[10] == model and parsed.header.version == 4
+            payloads = coder.payloads(indices)
+            assert stream[11:-4] == payloads[model]
+            assert len(payloads[model]) == min(len(p) for p in payloads.values())
+            used.add(model)
+    assert bitstream.ProbabilityModel.CONTEXT in used  # smooth images: the context model wins
+
+
+def test_context_model_is_part_of_the_model_id(context_codec, tiny_codec, context_model_dir):
+    # the same weights: the same base id; the context model changes the id streams carry
+    assert context_codec.base_model_id == tiny_codec.model_id == tiny_codec.base_model_id
+    assert context_codec.model_id != context_codec.base_model_id
+    (stream,) = context_codec.compress([smooth_image(40, 56)], 5)
+    with pytest.raises(BitstreamError, match="another model"):
+        tiny_codec.parse(stream)
+    # saving keeps it; a model without one removes a stale context.safetensors
+    again = Codec.from_pretrained(context_model_dir)
+    assert again.model_id == context_codec.model_id
+
+
+def test_format3_stream_decodes_to_the_same_pixels(context_codec):
+    """A format-3 stream (static pmf, CRC under the id without the context model) written by
+    the same weights decodes to the indices and pixels of the format-4 stream."""
+    image = smooth_image(64, 80, seed=12)
+    (s4,) = context_codec.compress([image], 6)
+    p4 = context_codec.parse(s4)
+    header3 = bitstream.Header(context_codec.base_model_id, 6, 64, 80, p4.header.rms, version=3)
+    s3 = bitstream.pack(header3, context_codec.coder(6).encode(p4.indices))
+    p3 = context_codec.parse(s3)
+    assert (
+        p3.header.version == 3 and p3.header.probability_model == bitstream.ProbabilityModel.STATIC
+    )
+    np.testing.assert_array_equal(p3.indices, p4.indices)
+    d3, d4 = context_codec.decompress([s3, s4])
+    np.testing.assert_array_equal(d3, d4)
+
+
+def test_context_coding_is_bit_exact_across_threads_and_batches(context_codec):
+    """Same indices -> the same payload bytes whatever the batch size or thread count, and
+    decoding (another batch size, another thread count) gives them back exactly."""
+    images = [smooth_image(80, 112, seed=30 + s) for s in range(4)]
+    one = Codec(context_codec.model, batch_size=1)
+    four = Codec(context_codec.model, batch_size=4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        s4 = four.compress(images, 7)
+        torch.set_num_threads(1)
+        s1 = one.compress(images, 7)
+        parsed_1 = [one.parse(s) for s in s4]  # decode batch-4 streams in batch 1, 1 thread
+    finally:
+        torch.set_num_threads(before)
+    models = set()
+    for a, b, p in zip(s1, s4, parsed_1, strict=True):
+        pa, pb = one.parse(a), four.parse(b)
+        np.testing.assert_array_equal(p.indices, pb.indices)
+        if np.array_equal(pa.indices, pb.indices):  # argmax near-ties may flip an index
+            assert pa.header.probability_model == pb.header.probability_model
+            assert a[11:-4] == b[11:-4]  # payload bytes
+        models.add(pb.header.probability_model)
+    assert bitstream.ProbabilityModel.CONTEXT in models

@@ -105,11 +105,13 @@ def test_section_contents(bench_run):
     else:
         assert "bf16 not measured" in sections[2]["note"]
     gain = next(iter(sections[7]["per_rate"].values()))
-    assert gain["pmf_uniform"] is True  # a random model ships uniform pmfs
+    assert gain["context_bits_per_image"] is None  # a random model has no context model
+    assert gain["coded_bits_per_image"] <= gain["uniform_bits_per_image"]  # the cheapest
     assert gain["fixed_bits_per_image"] == gain["symbols_per_image"] * math.ceil(
         math.log2(gain["K"])
     )
-    assert sections[7]["status"] == "miss" and "uniform" in sections[7]["reason"]
+    assert sections[7]["indices_identical"] is True
+    assert sections[7]["status"] == "miss" and "no context model" in sections[7]["reason"]
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def corrupted_variants(good: bytes, foreign: bytes) -> dict[str, bytes]:
         flipped = bytearray(good)
         flipped[pos] ^= 0x01
         out[f"flip1_at_{pos:03d}"] = bytes(flipped)
-    out["version_flip"] = good[:1] + bytes([good[1] ^ 0x10]) + good[2:]  # version 3 -> 2
+    out["version_flip"] = good[:1] + bytes([good[1] ^ 0x10]) + good[2:]  # version 4 -> 5
     for i in range(12):  # random single bits
         flipped = bytearray(good)
         bit = int(rng.integers(0, 8 * n))
@@ -261,7 +261,8 @@ def test_info(workdir, runs, model_id):
     assert info["bytes"] == size
     assert info["measured_bpp"] == pytest.approx(8 * size / (width * height), abs=1e-6)
     assert info["model_id"] == model_id  # verified by the CRC, which it seeds
-    assert info["format_version"] == 3 and info["payload_bytes"] == size - 14
+    assert info["format_version"] == 4 and info["payload_bytes"] == size - 15
+    assert info["probability_model"] in ("uniform", "static", "context")
 
 
 def test_info_on_corrupted_file(runs):
@@ -310,7 +311,7 @@ def test_decompress_fuzz(workdir, runs):
     assert "too short" in reasons["trunc_000"]
     assert "appended" in reasons["append_1_zero"]
     assert "bad magic" in reasons["flip1_at_000"]
-    assert "unsupported format version 2" in reasons["version_flip"]
+    assert "unsupported format version 5" in reasons["version_flip"]
     n = len(fuzz_inputs["append_1_zero"]) - 1  # the good stream's length
     for pos in (1, 3, 7, 12, n - 5, n - 1):  # rate, size, rms, payload, CRC
         assert "CRC mismatch" in reasons[f"flip1_at_{pos:03d}"], pos

@@ -1,0 +1,406 @@
+"""The context model: the probability of a VQ index given its already-decoded neighbours.
+
+The static pmf (``entropy.py``) ignores where an index sits; the model's codebooks are used
+nearly uniformly, so it saves almost nothing. Neighbouring indices are far from independent
+(smooth regions repeat codes, and a code's neighbours are near it in codebook space), so
+each index is coded under a distribution built from its four causal neighbours::
+
+        TL  T  TR            x at (i, j); TL = (i-1, j-1), T = (i-1, j), TR = (i-1, j+1),
+        L   x                L = (i, j-1); a neighbour outside the grid is "absent" (-1)
+
+    f(x) =   w_0          * static[x]                          (the rate's histogram)
+           + sum_n w_t(n) * table_n[group(n), x]                (n in L, T, TL, TR)
+           + sum_n w_c(n) * 2**16 * [x == n]                    (copy the neighbour)
+
+``group`` maps each of the K codewords to one of G <= 64 clusters (k-means on the
+codebook, fixed when fitted), so a table has G + 1 rows (row G: the neighbour is absent).
+The 9 weights ``w`` depend on the *class* of the position, 8 bits: which neighbours agree
+(L=T, L=TL, T=TL, T=TR, L=TR) and which are absent (L, T, TR). The weight of an absent
+neighbour's copy term moves to ``w_0``. Fitting (``fitting.py``) estimates the tables from
+a model's indices on training images and the weights by EM on held-out halves.
+
+Integers only, so every machine derives the same frequencies
+    ``static`` and every table row are integers >= 1 summing to 2**16; the weights of a
+    class are integers summing to 2**8 with ``w_0 >= 1``. So every frequency is an integer
+    >= 1 and every row sums to exactly 2**24 (int64 numpy arithmetic: exact, whatever the
+    CPU, SIMD width, thread count or batch). The range coder (constriction's ``Categorical``
+    family, ``perfect=False``, float64 input) then maps a row ``f`` to its 24-bit fixed-point
+    CDF as ``floor(C(s) * (2**24 - K) / 2**24) + s`` with ``C(s) = f[0] + .. + f[s-1]``
+    (``LazyContiguousCategoricalEntropyModel``): the partial sums are integers below 2**24,
+    the scale ``(2**24 - K) / 2**24`` is a dyadic fraction, and their product is below 2**48,
+    so every float operation in it is exact in float64: no rounding happens anywhere. Each
+    frequency depends only on the position's neighbours and the stored tables, never on how
+    many symbols are computed at once, so the encoder (all positions in one pass) and the
+    decoder (one wavefront at a time) derive identical rows; golden bytes pin them
+    (tests/oscar_core/test_context.py).
+
+Symbol order (what the payload holds)
+    Wavefronts ``t = 2 i + j`` (t = 0, 1, ..., 2 (h - 1) + w - 1), in each one rows ``i``
+    ascending. Every neighbour of a position lies on an earlier wavefront (L: t - 1,
+    TR: t - 1, T: t - 2, TL: t - 3), so the decoder decodes a whole wavefront with one call
+    (``2 h + w`` calls for an ``h x w`` grid, instead of ``h w``). The payload is
+    ``constriction``'s range coder over that sequence, framed as in ``entropy.py``.
+    Cost: ~0.05-0.1 ms per wavefront plus the frequency rows (K per index); a Kodak image
+    decodes in 4-50 ms (bench section 7). A very wide grid cannot do better than ``w``
+    steps (each row is a chain of left neighbours): a 1-row strip of 2000 codes takes
+    ~0.1-0.2 s.
+
+Safety on hostile payloads
+    As ``IndexCoder.decode``: the payload length is bounded before decoding
+    (``max_payload_bytes`` at 24 bits per symbol), work is linear in the symbol count (the
+    caller bounds it by its pixel limit), memory per wavefront is ``min(h, w) x K``
+    frequencies, every decoded symbol is in ``[0, K)``, and anything constriction raises
+    becomes :class:`BitstreamError`.
+
+Storage: ``context.safetensors`` in the model directory (integer tensors ``{r}.groups``,
+``{r}.static``, ``{r}.tables``, ``{r}.weights`` per rate ``r``); it is part of the model id
+(``OscarModel.model_id``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import constriction
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
+
+from .bitstream import ProbabilityModel
+from .entropy import IndexCoder, check_indices, check_payload, frame, unframe, uniform_pmf
+from .errors import BitstreamError
+
+CONTEXT_NAME = "context.safetensors"
+CONTEXT_FORMAT = "1"  # metadata "format": the layout below
+TABLE_BITS = 16  # static and table rows sum to 2**16
+WEIGHT_BITS = 8  # the weights of a class sum to 2**8
+FREQ_BITS = TABLE_BITS + WEIGHT_BITS  # every frequency row sums to 2**24
+CODER_BITS = 24  # constriction's Categorical precision (a symbol costs at most 24 bits)
+MAX_GROUPS = 64
+NEIGHBOURS = ("left", "top", "top_left", "top_right")
+OFFSETS = ((0, -1), (-1, 0), (-1, -1), (-1, 1))  # (di, dj) of each neighbour
+N_NEIGHBOURS = len(NEIGHBOURS)
+N_COMPONENTS = 1 + 2 * N_NEIGHBOURS  # static, a table per neighbour, a copy per neighbour
+N_CLASSES = 256  # 8 class bits (``context_class``)
+FIELDS = ("groups", "static", "tables", "weights")  # per rate, in RateContext order
+CHUNK_ELEMENTS = 1 << 16  # frequencies the encoder builds at once (in cache; 2**21: 1.4x slower)
+_FAMILY = constriction.stream.model.Categorical(perfect=False)
+
+
+_EQ_A = np.array([0, 0, 1, 1, 0])  # class bits 0-4: neighbour pairs (L,T) (L,TL) (T,TL)
+_EQ_B = np.array([1, 2, 2, 3, 3])  # (T,TR) (L,TR), in [L, T, TL, TR] columns
+_ABSENT = np.array([0, 1, 3])  # class bits 5-7: L, T, TR absent
+
+
+def context_class(nb: np.ndarray) -> np.ndarray:
+    """Neighbours (m, 4) int64 [L, T, TL, TR], -1 = absent -> class (m,) int64 in [0, 256).
+
+    Bits 0-4: L=T, L=TL, T=TL, T=TR, L=TR (both present and equal); bits 5-7: L, T, TR
+    absent (TL is absent exactly when L or T is)."""
+    first = nb[:, _EQ_A]
+    bits = np.concatenate([(first == nb[:, _EQ_B]) & (first >= 0), nb[:, _ABSENT] < 0], axis=1)
+    return np.packbits(bits, axis=1, bitorder="little")[:, 0].astype(np.int64)
+
+
+def neighbours(padded: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Neighbours of positions (i, j) from ``padded`` = the grid inside a -1 border
+    ((h+1, w+2): one row above, one column each side) -> (m, 4) int64 [L, T, TL, TR]."""
+    row = padded.shape[1]
+    return padded.reshape(-1)[_neighbour_positions((1 + i) * row + 1 + j, row)]
+
+
+def _neighbour_positions(at: np.ndarray, row: int) -> np.ndarray:
+    """Flat positions (m,) in a padded grid with rows of ``row`` -> their neighbours' (m, 4)."""
+    return at[:, None] + np.array([di * row + dj for di, dj in OFFSETS])
+
+
+@lru_cache(maxsize=8)
+def wavefronts(h: int, w: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The coding order of an (h, w) grid: per wavefront t = 2 i + j, the flat positions of
+    its symbols (rows ascending) and of their neighbours in the padded (h+1, w+2) grid
+    (``neighbours``): ((m,), (m, 4))."""
+    out = []
+    for t in range(2 * (h - 1) + w if h and w else 0):
+        i = np.arange(max(0, -(-(t - w + 1) // 2)), min(h - 1, t // 2) + 1, dtype=np.int64)
+        if i.size:  # empty for odd t when w == 1
+            at = (1 + i) * (w + 2) + 1 + t - 2 * i  # j = t - 2 i
+            out.append((at, _neighbour_positions(at, w + 2)))
+    return tuple(out)
+
+
+def _check_table(name: str, a: np.ndarray, shape: tuple[int, ...], total: int) -> np.ndarray:
+    if a.shape != shape or a.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integers of shape {shape}, got {a.dtype} {a.shape}")
+    a = a.astype(np.int64)
+    if a.min() < 1 or np.any(a.sum(axis=-1) != total):
+        raise ValueError(f"{name}: entries must be >= 1 and every row must sum to {total}")
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class RateContext:
+    """The integer tables of one rate (validated on creation: ``ValueError``)."""
+
+    groups: np.ndarray  # (K,) in [0, G): the k-means cluster of each codeword
+    static: np.ndarray  # (K,) >= 1, sums to 2**16
+    tables: np.ndarray  # (4, G + 1, K) >= 1, rows sum to 2**16; row G: neighbour absent
+    weights: np.ndarray  # (256, 9) >= 0, rows sum to 2**8, column 0 (static) >= 1
+
+    def __post_init__(self) -> None:
+        groups = np.asarray(self.groups)
+        if groups.ndim != 1 or groups.dtype.kind not in "iu" or not 2 <= groups.size:
+            raise ValueError(f"groups: expected (K,) integers, got {groups.dtype} {groups.shape}")
+        K = groups.size
+        G = int(groups.max()) + 1
+        if groups.min() < 0 or G > MAX_GROUPS:
+            raise ValueError(f"groups must lie in [0, {MAX_GROUPS}), got [{groups.min()}, {G})")
+        static = _check_table("static", np.asarray(self.static), (K,), 1 << TABLE_BITS)
+        tables = np.asarray(self.tables)
+        tables = _check_table("tables", tables, (N_NEIGHBOURS, G + 1, K), 1 << TABLE_BITS)
+        weights = np.asarray(self.weights)
+        if weights.shape != (N_CLASSES, N_COMPONENTS) or weights.dtype.kind not in "iu":
+            raise ValueError(f"weights: expected ({N_CLASSES}, {N_COMPONENTS}) integers")
+        weights = weights.astype(np.int64)
+        if weights.min() < 0 or weights[:, 0].min() < 1:
+            raise ValueError("weights must be >= 0, the static weight >= 1")
+        if np.any(weights.sum(axis=1) != 1 << WEIGHT_BITS):
+            raise ValueError(f"the weights of every class must sum to {1 << WEIGHT_BITS}")
+        object.__setattr__(self, "groups", groups.astype(np.int64))
+        object.__setattr__(self, "static", static)
+        object.__setattr__(self, "tables", tables)
+        object.__setattr__(self, "weights", weights)
+        # Derived, for ``frequencies``: every row of static and tables in one (1 + 4 (G+1), K)
+        # float32 array (integers < 2**16: exact), the row of neighbour n with value v at
+        # 1 + n (G+1) + group(v) (group(-1) = G), and the weights as float32 (<= 256).
+        rows = np.concatenate([static[None], tables.reshape(-1, K)]).astype(np.float32)
+        object.__setattr__(self, "_rows", rows)
+        object.__setattr__(self, "_group_of", np.concatenate([[G], groups]).astype(np.int64))
+        object.__setattr__(self, "_row_offset", 1 + np.arange(N_NEIGHBOURS) * (G + 1))
+        object.__setattr__(self, "_weights", weights.astype(np.float32))
+
+    @property
+    def K(self) -> int:
+        return self.groups.size
+
+    @property
+    def G(self) -> int:
+        return self.tables.shape[1] - 1
+
+    def _mixture(self, nb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Neighbours (m, 4) -> (weights of static + 4 tables (m, 5), their table rows
+        (m, 4), copy weights (m, 4), zero where the neighbour is absent)."""
+        absent = nb < 0
+        w = self._weights[context_class(nb)]  # (m, 9)
+        copy_w = np.where(absent, np.float32(0), w[:, 1 + N_NEIGHBOURS :])
+        mix = w[:, : 1 + N_NEIGHBOURS].copy()
+        # an absent neighbour's copy weight goes to the static term: rows keep their sum
+        mix[:, 0] += np.where(absent, w[:, 1 + N_NEIGHBOURS :], np.float32(0)).sum(axis=1)
+        return mix, self._group_of[nb + 1] + self._row_offset, copy_w
+
+    def frequencies(self, nb: np.ndarray) -> np.ndarray:
+        """Neighbours (m, 4) [L, T, TL, TR] (-1 = absent) -> frequencies (m, K) float64,
+        every entry an integer >= 1, every row summing to exactly 2**24 (module docstring).
+
+        Integer arithmetic in float dtypes, exact: every value is a non-negative integer,
+        every product (w <= 2**8 times t < 2**16) is below 2**24 and every partial sum of a
+        row is at most the row's total 2**24, and float32 represents every integer up to
+        2**24 exactly; so each operation is exact in any order, blocking or SIMD width, and
+        the float64 rows constriction takes hold the same integers."""
+        mix, rows, copy_w = self._mixture(nb)
+        f = mix[:, :1] * self._rows[0]  # (m, K) float32, the static term
+        f += np.einsum("mn,mnk->mk", mix[:, 1:], self._rows[rows])  # the 4 table terms
+        f = f.astype(np.float64)
+        m = np.arange(nb.shape[0])
+        np.add.at(f, (m[:, None], np.maximum(nb, 0)), copy_w * (1 << TABLE_BITS))  # copies
+        return f
+
+    def frequency_of(self, nb: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """``frequencies(nb)[k, x[k]]`` for each k without building the rows: (m,)."""
+        mix, rows, copy_w = self._mixture(nb)
+        f = (mix[:, 0] * self._rows[0, x]).astype(np.float64)
+        for n in range(N_NEIGHBOURS):
+            f += mix[:, 1 + n] * self._rows[rows[:, n], x]
+        return f + ((nb == x[:, None]) * copy_w).sum(axis=1) * (1 << TABLE_BITS)
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The tensors stored in ``context.safetensors`` (compact dtypes)."""
+        return {
+            f"{prefix}.groups": self.groups.astype(np.uint16),
+            f"{prefix}.static": self.static.astype(np.int32),
+            f"{prefix}.tables": self.tables.astype(np.uint16),  # entries <= 2**16 - 1
+            f"{prefix}.weights": self.weights.astype(np.uint16),
+        }
+
+
+class ContextCoder:
+    """Range coding of one rate's index grids under its :class:`RateContext`."""
+
+    def __init__(self, tables: RateContext) -> None:
+        self.tables = tables
+        self.K = tables.K
+
+    def _chunks(self, grid: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """A full grid (h, w) -> (its padded (h+1, w+2) copy, the flat positions of its
+        symbols in coding order, in chunks of about ``CHUNK_ELEMENTS / K``)."""
+        h, w = grid.shape
+        padded = np.full((h + 1, w + 2), -1, dtype=np.int64)
+        padded[1:, 1:-1] = grid
+        order = np.concatenate([np.zeros(0, np.int64), *(at for at, _ in wavefronts(h, w))])
+        step = max(1, CHUNK_ELEMENTS // self.K)
+        return padded, [order[s : s + step] for s in range(0, order.size, step)]
+
+    def _grid(self, grid: np.ndarray) -> np.ndarray:
+        arr = np.asarray(grid)
+        if arr.ndim != 2:
+            raise ValueError(f"the context model codes a 2-D index grid, got shape {arr.shape}")
+        return check_indices(arr, self.K).reshape(arr.shape)
+
+    def encode(self, grid: np.ndarray) -> bytes:
+        """Code an index grid (h, w) in wavefront order -> payload bytes."""
+        padded, chunks = self._chunks(self._grid(grid))
+        flat, row = padded.reshape(-1), padded.shape[1]
+        encoder = constriction.stream.queue.RangeEncoder()
+        for at in chunks:
+            f = self.tables.frequencies(flat[_neighbour_positions(at, row)])
+            encoder.encode(flat[at].astype(np.int32), _FAMILY, f)
+        return frame(encoder.get_compressed())
+
+    def ideal_bits(self, grid: np.ndarray) -> float:
+        """``-sum log2 (f(x) / 2**24)`` over the grid (the range coder adds its seal and the
+        fixed-point rounding, a fraction of a bit per thousand symbols)."""
+        padded, chunks = self._chunks(self._grid(grid))
+        flat, row = padded.reshape(-1), padded.shape[1]
+        bits = 0.0
+        for at in chunks:
+            f = self.tables.frequency_of(flat[_neighbour_positions(at, row)], flat[at])
+            bits += float(np.sum(FREQ_BITS - np.log2(f)))
+        return bits
+
+    def decode(self, data: bytes, height: int, width: int) -> np.ndarray:
+        """Decode an (height, width) grid (int64) from untrusted ``data``; every problem
+        with ``data`` raises :class:`BitstreamError`."""
+        if height < 0 or width < 0:
+            raise BitstreamError(f"grid {height}x{width} has a negative side")
+        data, count = check_payload(data, height * width, CODER_BITS)
+        if count == 0:
+            return np.zeros((height, width), dtype=np.int64)
+        padded = np.full((height + 1, width + 2), -1, dtype=np.int64)
+        flat = padded.reshape(-1)  # a view: decoded symbols land in ``padded``
+        try:
+            decoder = constriction.stream.queue.RangeDecoder(unframe(data))
+            for at, nb_at in wavefronts(height, width):
+                flat[at] = decoder.decode(_FAMILY, self.tables.frequencies(flat[nb_at]))
+        except Exception as e:  # noqa: BLE001 - constriction raises AssertionError/ValueError
+            raise BitstreamError(f"context-coded payload does not decode: {e}") from None
+        grid = padded[1:, 1:-1]
+        if grid.min() < 0 or grid.max() >= self.K:  # unreachable by construction
+            raise BitstreamError(f"context-coded payload decodes outside the codebook (K={self.K})")
+        return np.ascontiguousarray(grid)
+
+
+@dataclass(frozen=True, eq=False)
+class ContextModel:
+    """The context model of every rate of a model (``rates[r]`` for ladder rate ``r``)."""
+
+    rates: tuple[RateContext, ...]
+    images: int = 0  # training images it was fitted on (metadata, not part of the id)
+
+    def digest(self) -> bytes:
+        """SHA-256 over every stored tensor (name, dtype, shape, bytes), in name order."""
+        h = hashlib.sha256(f"oscar-context-{CONTEXT_FORMAT}".encode())
+        for name, a in sorted(self.arrays().items()):
+            h.update(f"{name}|{a.dtype}|{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.digest()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for r, rc in enumerate(self.rates):
+            out.update(rc.arrays(str(r)))
+        return out
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CONTEXT_NAME
+        metadata = {"format": CONTEXT_FORMAT, "images": str(self.images)}
+        save_file(self.arrays(), str(path), metadata=metadata)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, codebook_sizes: list[int]) -> ContextModel:
+        """Read and validate ``context.safetensors`` for a ladder with these K per rate."""
+        path = Path(directory) / CONTEXT_NAME
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                metadata = f.metadata() or {}
+            arrays = load_file(str(path))
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise ValueError(f"{path}: not a readable safetensors file: {exc}") from exc
+        if metadata.get("format") != CONTEXT_FORMAT:
+            raise ValueError(
+                f"{path}: format {metadata.get('format')!r}, expected {CONTEXT_FORMAT!r}"
+            )
+        expected = {f"{r}.{k}" for r in range(len(codebook_sizes)) for k in FIELDS}
+        if set(arrays) != expected:
+            raise ValueError(
+                f"{path}: tensors {sorted(set(arrays) ^ expected)[:6]} missing or unexpected "
+                f"for a {len(codebook_sizes)}-rate ladder"
+            )
+        rates = []
+        for r, K in enumerate(codebook_sizes):
+            try:
+                rc = RateContext(*(arrays[f"{r}.{k}"] for k in FIELDS))
+            except ValueError as exc:
+                raise ValueError(f"{path}: rate {r}: {exc}") from None
+            if rc.K != K:
+                raise ValueError(f"{path}: rate {r} has K={rc.K}, the ladder says {K}")
+            rates.append(rc)
+        try:
+            images = int(metadata.get("images", "0"))
+        except ValueError:
+            images = 0
+        return cls(tuple(rates), images)
+
+
+class StreamCoder:
+    """One rate's probability models and the per-stream choice among them.
+
+    ``encode`` codes an index grid under every model the rate has (uniform, static pmf,
+    context model when fitted) and keeps the shortest payload (on a tie the first of
+    uniform, static, context: the cheapest to decode), so a stream never costs more than
+    fixed-length indices plus the coder's seal. The header says which (bitstream byte 10).
+    """
+
+    def __init__(self, static: IndexCoder, context: RateContext | None = None) -> None:
+        self.K = static.K
+        self.coders: dict[ProbabilityModel, IndexCoder | ContextCoder] = {
+            ProbabilityModel.UNIFORM: IndexCoder(uniform_pmf(self.K)),
+            ProbabilityModel.STATIC: static,
+        }
+        if context is not None:
+            if context.K != self.K:
+                raise ValueError(f"context model has K={context.K}, the rate has {self.K}")
+            self.coders[ProbabilityModel.CONTEXT] = ContextCoder(context)
+
+    def payloads(self, grid: np.ndarray) -> dict[ProbabilityModel, bytes]:
+        """The payload of an (h, w) index grid under each of the rate's models."""
+        return {model: coder.encode(grid) for model, coder in self.coders.items()}
+
+    def encode(self, grid: np.ndarray) -> tuple[ProbabilityModel, bytes]:
+        """(the model of the shortest payload, that payload)."""
+        return min(self.payloads(grid).items(), key=lambda kv: (len(kv[1]), kv[0]))
+
+    def decode(self, model: ProbabilityModel, data: bytes, height: int, width: int) -> np.ndarray:
+        """Decode an (height, width) grid coded under ``model``; :class:`BitstreamError` for
+        anything wrong with ``data``, or a model this rate does not have."""
+        coder = self.coders.get(ProbabilityModel(model))
+        if coder is None:
+            raise BitstreamError(
+                f"the stream was coded with the {ProbabilityModel(model).name.lower()} "
+                "probability model, which this model directory does not have (oscar fit-context)"
+            )
+        if isinstance(coder, ContextCoder):
+            return coder.decode(data, height, width)
+        return coder.decode(data, height * width).reshape(height, width)
