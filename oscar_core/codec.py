@@ -172,13 +172,20 @@ class Codec:
         rms = channel_rms(z0).cpu()  # (B,4); Header rounds it to the 1/16-octave code
         # fp32 whatever the precision: bf16 here flips many argmax indices (precision.py)
         indices = self.model.hypers[rate.index].encode_indices(z0).cpu().numpy()  # (B,hc,wc)
-        coder = self.stream_coder(rate.index)
+        return self.pack_streams(indices, rms, rate.index, height, width)
+
+    def pack_streams(
+        self, indices: np.ndarray, rms: torch.Tensor, rate_index: int, height: int, width: int
+    ) -> list[bytes]:
+        """The entropy-coding stage: indices (B,hc,wc) + channel RMS (B,4) of images of one
+        size -> one bitstream each (header + the cheapest probability model's payload)."""
+        coder = self.stream_coder(rate_index)
         streams = []
-        for b in range(len(batch)):
+        for b in range(len(indices)):
             probability_model, payload = coder.encode(indices[b])  # the cheapest model
             header = bitstream.Header(
                 model_id=self.model_id,
-                rate_index=rate.index,
+                rate_index=rate_index,
                 height=height,
                 width=width,
                 rms=tuple(float(v) for v in rms[b]),

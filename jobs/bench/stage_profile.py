@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from jobs.bench.common import BenchContext, SectionResult, cycle_batches, measure, ms, table
-from oscar_core import bitstream
 from oscar_core.hyper import channel_rms, match_norms
 from oscar_core.images import crop, pad_reflect, padded_size, to_tensor, to_uint8
 
@@ -139,7 +138,7 @@ def stage_profile(
     ph, pw = padded_size(h, w, model.pad_multiple(rate_index))
     inv = _rate_invariant(ctx, batches, rate, (batch, ph, pw), precision)
     z0 = inv["z0"]
-    hyper, coder = model.hypers[rate_index], codec.stream_coder(rate_index)
+    hyper = model.hypers[rate_index]
 
     def hyper_encode(z):
         return channel_rms(z), hyper.encode_indices(z).numpy()
@@ -147,19 +146,7 @@ def stage_profile(
     side = [hyper_encode(z) for z in z0]
 
     def entropy_encode(rms, idx):
-        out = []
-        for b in range(idx.shape[0]):
-            probability_model, payload = coder.encode(idx[b])  # the codec's choice
-            header = bitstream.Header(
-                model_id=codec.model_id,
-                rate_index=rate_index,
-                height=h,
-                width=w,
-                rms=tuple(float(v) for v in rms[b]),
-                probability_model=probability_model,
-            )
-            out.append(bitstream.pack(header, payload))
-        return out
+        return codec.pack_streams(idx, rms, rate_index, h, w)  # the codec's own stage
 
     streams = [entropy_encode(r, i) for r, i in side]
     parsed = [[codec.parse(s) for s in group] for group in streams]
