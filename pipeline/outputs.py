@@ -33,7 +33,7 @@ from oscar_core.config import CONFIG_NAME, WEIGHTS_NAME
 from . import storage
 from .contract import EncodeJob, ShardDefinition
 from .parquet import SCHEMA_VERSION
-from .rates import shard_name
+from .rates import Coding, shard_name
 from .report import FAILED_SUFFIX, STATS_SUFFIX, encode_summary, read_json, read_stats
 
 JOB_CONFIG = "job_config.json"
@@ -103,7 +103,7 @@ def check_done_definitions(done: dict[str, str], asked: dict[str, ShardDefinitio
 
 
 def shard_definitions(
-    job: EncodeJob, model_digest: str, rates: dict[str, Rate]
+    job: EncodeJob, model_digest: str, codings: dict[str, Coding]
 ) -> dict[str, ShardDefinition]:
     """shard URL -> what its output will depend on (``contract.ShardDefinition``)."""
     return {
@@ -112,12 +112,13 @@ def shard_definitions(
             codec_version=CODEC_VERSION,
             bitstream_version=BITSTREAM_VERSION,
             schema_version=SCHEMA_VERSION,
-            rate_index=rate.index,
-            nominal_bpp=rate.nominal_bpp,
+            rate_index=coding.index if isinstance(coding, Rate) else None,
+            nominal_bpp=coding.nominal_bpp if isinstance(coding, Rate) else None,
             max_pixels=job.max_pixels,
             precision=job.precision,
+            target=None if isinstance(coding, Rate) else str(coding),
         )
-        for url, rate in rates.items()
+        for url, coding in codings.items()
     }
 
 

@@ -137,7 +137,8 @@ class RatePlan:
         return {
             "default": coding_dict(self.default) if self.default else None,
             "rules": [
-                {"pattern": r.pattern, "value": r.source, **_chosen(r.coding)} for r in self.rules
+                {"pattern": r.pattern, "value": r.source, **chosen_dict(r.coding)}
+                for r in self.rules
             ],
         }
 
@@ -147,7 +148,8 @@ def coding_dict(coding: Coding) -> dict:
     return coding.to_dict() if isinstance(coding, Rate) else {"target": str(coding)}
 
 
-def _chosen(coding: Coding) -> dict:
+def chosen_dict(coding: Coding) -> dict:
+    """What a job config lists per shard: ``{"rate_index": 2}`` or ``{"target": "psnr>=30"}``."""
     return {"rate_index": coding.index} if isinstance(coding, Rate) else {"target": str(coding)}
 
 

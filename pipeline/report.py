@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from oscar_core.target import Outcome, TargetSummary
+
 from . import storage
 from .contract import (
     MAX_ERROR_KINDS,
@@ -25,6 +27,7 @@ from .contract import (
     DecodeResult,
     ShardResult,
 )
+from .parquet import target_outcomes
 
 STATS_SUFFIX = ".stats.json"
 FAILED_SUFFIX = ".failed.json"
@@ -104,6 +107,16 @@ def encode_summary(results: list[ShardResult], wall_seconds: float) -> dict[str,
     }
 
 
+def target_report(parquets: list[str]) -> list[dict[str, Any]]:
+    """One ``TargetSummary`` per quality target over the rows of ``parquets``: the rates
+    chosen, how many met it, the trials, and the bytes against one rate for all images."""
+    by_target: dict[str, list[Outcome]] = {}
+    for url in parquets:
+        for target, outcomes in target_outcomes(url).items():
+            by_target.setdefault(target, []).extend(outcomes)
+    return [TargetSummary.of(t, o).to_dict() for t, o in sorted(by_target.items())]
+
+
 def decode_summary(results: list[DecodeResult], wall_seconds: float) -> dict[str, Any]:
     decoded = sum(r.decoded for r in results)
     return {
@@ -140,12 +153,37 @@ def report_markdown(report: dict[str, Any]) -> str:
     if report.get("failed"):
         lines += ["", "## Failed shards (retried, then given up)", ""]
         lines += _md_table(["shard", "attempts", "error"], report["failed"])
+    if report.get("targets"):
+        lines += ["", "## Quality targets", ""]
+        lines += _md_table(
+            [
+                "target",
+                "images",
+                "met",
+                "rates chosen",
+                "trials/image",
+                "bytes",
+                "one rate for all",
+                "saved",
+            ],
+            [_target_row(t) for t in report["targets"]],
+        )
     per = report.get("per_shard", [])
     if per:
         lines += ["", "## Per shard", ""]
         headers = list(per[0])
         lines += _md_table(headers, [[p[h] for h in headers] for p in per])
     return "\n".join(lines) + "\n"
+
+
+def _target_row(t: dict[str, Any]) -> list[Any]:
+    single = t["single_rate"] or {}
+    alone = f"rate {single.get('rate_index')}: {single.get('bytes')}" if single else "-"
+    if single.get("estimated"):
+        alone += f" ({single['estimated']} images estimated)"
+    saved = "-" if t["saving"] is None else f"{100 * t['saving']:.1f}%"
+    rates = ", ".join(f"{k}: {v}" for k, v in t["rates"].items())
+    return [t["target"], t["images"], t["met"], rates, t["mean_trials"], t["bytes"], alone, saved]
 
 
 def write_job_report(out: str, report: dict[str, Any], stem: str = "job_report") -> str:

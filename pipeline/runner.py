@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, replace
 from typing import Any
 
-from oscar_core import CODEC_VERSION, OscarConfig, OscarModel
+from oscar_core import CODEC_VERSION, OscarConfig, OscarModel, Rate
 from oscar_core.config import WEIGHTS_NAME
 
 from . import storage
@@ -48,7 +48,7 @@ from .outputs import (
     shard_definitions,
     unique_names,
 )
-from .rates import RatePlan
+from .rates import RatePlan, chosen_dict
 from .report import (
     ERRORS_SUFFIX,
     FAILED_SUFFIX,
@@ -56,6 +56,7 @@ from .report import (
     decode_summary,
     encode_summary,
     now_iso,
+    target_report,
     write_job_report,
     write_json,
 )
@@ -124,7 +125,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
     check_resources(res)  # workers >= 1, 0 <= gpus_per_worker <= 1
     _check_positive(max_pixels=job.max_pixels)
     model_config, local_model = _check_model(job.model_dir)
-    plan = RatePlan.build(model_config.rate_ladder(), job.rate, job.rates_file)
+    plan = RatePlan.build(model_config.rate_ladder(), job.rate, job.rates_file, job.target)
     shards = storage.expand_shards(job.src)
     names = unique_names(shards)
     rates = plan.resolve_all(shards)
@@ -145,7 +146,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
         "model_dir": job.model_dir if "://" in job.model_dir else os.path.abspath(job.model_dir),
         "model_name": model_config.name,
         "rate_plan": plan.to_dict(),
-        "shards": [{"url": u, "name": names[u], "rate_index": rates[u].index} for u in shards],
+        "shards": [{"url": u, "name": names[u], **chosen_dict(rates[u])} for u in shards],
         "settings": {
             "batch_size": job.batch_size,
             "max_retries": job.max_retries,
@@ -175,8 +176,9 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
             name=names[u],
             parquet_url=join(job.out, names[u] + ".parquet"),
             stats_url=stats[u],
-            rate=rates[u],
+            rate=rates[u] if isinstance(rates[u], Rate) else None,
             definition=definitions[u],
+            target=None if isinstance(rates[u], Rate) else rates[u],
         )
         for u in todo
     ]
@@ -213,7 +215,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
         "per_shard": [
             {
                 "shard": r.name,
-                "rate": r.rate_index,
+                "rate": r.rate_index if r.target is None else r.target,
                 "images": r.samples,
                 "errors": r.errors,
                 "seconds": round(r.seconds, 2),
@@ -225,6 +227,11 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
         ],
         "workers": workers,
     }
+    targeted = [
+        join(job.out, names[u] + ".parquet") for u in shards if not isinstance(rates[u], Rate)
+    ]
+    if targeted:  # over every done shard of the job, this run's and earlier ones
+        report["targets"] = target_report([p for p in targeted if storage.exists(p)])
     write_job_report(job.out, report)
     return report
 

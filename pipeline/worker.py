@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch
 from PIL import Image
 
 from oscar_core import CODEC_VERSION, Codec, Rate
+from oscar_core.target import TargetResult, compress_to_target
 
 from . import storage
 from .contract import (
@@ -51,7 +53,7 @@ from .contract import (
     ShardResult,
     WorkerConfig,
 )
-from .parquet import ShardParquetWriter, iter_row_batches, row_key
+from .parquet import ShardParquetWriter, iter_row_batches, row_key, target_columns
 from .placement import pick_device, ray_gpu_ids, ray_node
 from .prefetch import Prefetch
 from .report import now_iso, write_notes, write_stats
@@ -79,6 +81,16 @@ DECODE_COLUMNS = (
     "bitstream",
     "metadata",
 )
+
+
+@dataclass(frozen=True)
+class Coded:
+    """One image's stream and how it was coded (``found``: the targeted search's outcome)."""
+
+    stream: bytes
+    rate: Rate
+    ms: float  # model time per image (batch time / batch)
+    found: TargetResult | None = None
 
 
 class ShardWorker:
@@ -128,14 +140,19 @@ class ShardWorker:
     def encode_shard(self, task: EncodeTask) -> ShardResult:
         t0 = time.perf_counter()
         rate = task.rate
-        if rate not in self.codec.ladder.rates:  # the model changed since the job resolved it
+        if rate is not None and rate not in self.codec.ladder.rates:  # the model changed
             raise ValueError(f"{rate} is not on the ladder of model {self.model_id}")
+        if (rate is None) == (task.target is None):
+            raise ValueError(
+                f"shard {task.shard}: give a rate or a target (got {rate}, {task.target})"
+            )
         result = ShardResult(
             shard=task.shard,
             name=task.name,
             parquet=task.parquet_url,
-            rate_index=rate.index,
-            nominal_bpp=rate.nominal_bpp,
+            rate_index=rate.index if rate else None,
+            nominal_bpp=rate.nominal_bpp if rate else None,
+            target=str(task.target) if task.target else None,
             attempt=task.attempt,
             model_id=self.model_id,
             codec_version=CODEC_VERSION,
@@ -150,7 +167,7 @@ class ShardWorker:
                 Prefetch(lambda: self._chunks(task.shard), self.config.prefetch_chunks) as pre,
             ):
                 for chunk in pre:
-                    for row in self._encode_chunk(chunk, rate, task, result):
+                    for row in self._encode_chunk(chunk, task, result):
                         writer.write(row)
             result.wait_seconds = pre.wait_seconds
             # 2. Publish the Parquet, then the stats JSON: the done marker comes last
@@ -185,10 +202,10 @@ class ShardWorker:
                 yield chunk
 
     def _encode_chunk(
-        self, chunk: list[Sample], rate: Rate, task: EncodeTask, result: ShardResult
+        self, chunk: list[Sample], task: EncodeTask, result: ShardResult
     ) -> Iterator[dict[str, Any]]:
         """Code the chunk's good images in same-size batches; yield rows in chunk order."""
-        coded: dict[int, tuple[bytes, float] | str] = {}  # position -> (stream, ms) | error
+        coded: dict[int, Coded | str] = {}  # position -> outcome | error
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for pos, sample in enumerate(chunk):
             if sample.image is not None:
@@ -196,37 +213,44 @@ class ShardWorker:
         for positions in groups.values():
             for i in range(0, len(positions), self.config.batch_size):
                 batch = positions[i : i + self.config.batch_size]
-                coded.update(self._compress(batch, [chunk[p] for p in batch], rate, result))
+                coded.update(self._compress(batch, [chunk[p] for p in batch], task, result))
         for pos, sample in enumerate(chunk):
             outcome = coded.get(pos, sample.error or "not coded")
-            yield self._row(sample, task, rate, outcome, result)
+            yield self._row(sample, task, outcome, result)
 
     def _compress(
-        self, positions: list[int], samples: list[Sample], rate: Rate, result: ShardResult
-    ) -> dict[int, tuple[bytes, float] | str]:
-        """One model call; if the codec rejects the batch, retry image by image so only
-        the bad image becomes an error row."""
+        self, positions: list[int], samples: list[Sample], task: EncodeTask, result: ShardResult
+    ) -> dict[int, Coded | str]:
+        """One model call (a targeted search: a few); if the codec rejects the batch, retry
+        image by image so only the bad image becomes an error row."""
         t0 = time.perf_counter()
+        images = [s.image for s in samples]
         try:
-            streams = self.codec.compress([s.image for s in samples], rate)
+            if task.target is not None:
+                found = compress_to_target(self.codec, images, task.target)
+            else:
+                streams = self.codec.compress(images, task.rate)
         except (ValueError, MemoryError, torch.OutOfMemoryError) as exc:
             if len(samples) == 1:
                 return {positions[0]: f"encode failed: {type(exc).__name__}: {exc}"}
-            out: dict[int, tuple[bytes, float] | str] = {}
+            out: dict[int, Coded | str] = {}
             for pos, sample in zip(positions, samples, strict=True):
-                out.update(self._compress([pos], [sample], rate, result))
+                out.update(self._compress([pos], [sample], task, result))
             return out
         dt = time.perf_counter() - t0
         result.model_seconds += dt
         ms = 1000 * dt / len(samples)
-        return {p: (s, ms) for p, s in zip(positions, streams, strict=True)}
+        if task.target is not None:
+            return {
+                p: Coded(f.stream, f.rate, ms, f) for p, f in zip(positions, found, strict=True)
+            }
+        return {p: Coded(s, task.rate, ms) for p, s in zip(positions, streams, strict=True)}
 
     def _row(
         self,
         sample: Sample,
         task: EncodeTask,
-        rate: Rate,
-        outcome: tuple[bytes, float] | str,
+        outcome: Coded | str,
         result: ShardResult,
     ) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -249,9 +273,10 @@ class ShardWorker:
             message = name_text(outcome)  # it may quote a name that is not UTF-8
             result.count_error(message)
             return {**row, "status": "error", "error_message": message}
-        stream, ms = outcome
+        stream, rate, found = outcome.stream, outcome.rate, outcome.found
         height, width = sample.image.shape[:2]  # type: ignore[union-attr]
         result.ok += 1
+        result.target_met += bool(found and found.met)
         result.source_bytes += sample.source_bytes or 0
         result.bitstream_bytes += len(stream)
         result.pixels += width * height
@@ -266,7 +291,8 @@ class ShardWorker:
             "height": height,
             "bitstream": stream,
             "bitstream_bytes": len(stream),
-            "encode_ms": ms,
+            "encode_ms": outcome.ms,
+            **(target_columns(task.target, found) if found else {}),
         }
 
     # -- decode --------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.bench.archive_read import section_archive_read
 from jobs.bench.common import BenchContext, SectionResult, load_images, parse_precisions
 from jobs.bench.efficiency import section_efficiency
 from jobs.bench.entropy import section_entropy_gain
@@ -47,6 +48,7 @@ from jobs.bench.report import BenchRun, git_state, machine_info, write_outputs
 from jobs.bench.s3 import section_s3
 from jobs.bench.scaling import section_scaling
 from jobs.bench.stage_profile import section_stage_profile
+from jobs.bench.targets import section_targets
 from jobs.common.paths import SAMPLES_DIR
 
 DEFAULT_OUT = "docs/benchmarks"
@@ -60,6 +62,8 @@ SECTIONS: dict[int, Callable[[BenchContext], SectionResult]] = {
     6: section_memory,
     7: section_entropy_gain,
     8: section_s3,
+    10: section_targets,
+    11: section_archive_read,
 }
 FULL = {"repeats": 3, "warmup": 1, "batch_sizes": (1, 2, 4)}  # fits 15 min on 2 cores
 QUICK = {"repeats": 2, "warmup": 1, "batch_sizes": (1, 2)}
@@ -72,7 +76,7 @@ class BenchConfig:
     out: str = DEFAULT_OUT
     model: str | None = None  # model directory (None: the shipped oscar-tiny)
     images: str | None = None  # a directory of images (None: jobs/samples)
-    sections: list[int] | None = None  # section numbers (None: all, 1..8)
+    sections: list[int] | None = None  # section numbers (None: all, 1..11)
     quick: bool = False  # smoke test: 1 image cropped to 256 px, 1 rate, 2 repeats
     rates: str | None = None  # "0,3,7" or "all" (None: all; --quick: the middle one)
     repeats: int | None = None  # timed runs per figure (None: 3, --quick 2)

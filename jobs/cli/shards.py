@@ -1,6 +1,6 @@
 """The shard-job verbs of ``oscar``.
 
-    oscar encode-shards SRC --out DST [--rate R | --rates-file F] [--workers N] ...
+    oscar encode-shards SRC --out DST [--rate R | --target T | --rates-file F] [--workers N] ...
     oscar decode-shards SRC.parquet... --out DST [--format png|jpg|webp] [--as-files]
     oscar status DST
     oscar recompress SRC --out DST [--quality-sample N] ...   (encode-shards + bytes/quality)
@@ -95,6 +95,7 @@ def _print_shards(command: str, report: dict) -> None:
 
 def cmd_encode_shards(args: argparse.Namespace) -> int:
     def run() -> int:
+        from oscar_core.target import TargetSummary
         from pipeline.runner import run_encode
 
         report = run_encode(encode_job(args))
@@ -105,6 +106,8 @@ def cmd_encode_shards(args: argparse.Namespace) -> int:
             f"{s['source_bytes']} -> {s['bitstream_bytes']} bytes (ratio {s['ratio']}), "
             f"mean {s['mean_bpp']} bpp, {s['images_per_s']} images/s"
         )
+        for t in report.get("targets", []):
+            print(f"  {TargetSummary.from_dict(t).line()}")
         print(f"  report: {args.out.rstrip('/')}/job_report.md")
         return _print_failed(report["failed"])
 
@@ -203,7 +206,17 @@ def _add_encode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", metavar="SRC", help="shards: brace range, glob or .txt (local or s3)")
     p.add_argument("--out", required=True, metavar="DST", help="output dir or s3 prefix")
     p.add_argument("--rate", help="default rate: ladder index (0..7) or nominal bpp")
-    p.add_argument("--rates-file", metavar="F", help="per-shard rates: JSON or 'pattern = value'")
+    p.add_argument(
+        "--target",
+        metavar="METRIC>=VALUE",
+        help="instead of --rate: per image the lowest rate whose decoded image meets it "
+        "(psnr, ms-ssim, ssimulacra2; e.g. ssimulacra2>=40)",
+    )
+    p.add_argument(
+        "--rates-file",
+        metavar="F",
+        help="per-shard rates or targets: JSON or 'pattern = value'",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo shards already done")
     p.add_argument("--limit", type=int, help="run at most N pending shards, then stop")
     p.add_argument("--max-pixels", type=int, default=64_000_000, help="decompression-bomb limit")
