@@ -28,6 +28,7 @@ import uuid
 
 import numpy as np
 
+from jobs.common.ports import free_port_pair
 from pipeline import parquet, storage, storage_s3
 from pipeline.report import read_notes
 from tests.pipeline import mixed_shards as mixed

@@ -41,6 +41,7 @@ from botocore.config import Config
 
 from jobs.cli.main import main as cli_main
 from jobs.common.paths import LOCAL_S3, REPO
+from jobs.common.ports import free_port_pair
 from pipeline import storage, storage_s3
 from tests.pipeline.shards import image_bytes, tar_bytes
 from tests.s3_server import free_port_pair
