@@ -14,7 +14,6 @@ S3 code path went untested.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -36,23 +35,6 @@ _TEST_S3_ENV = {
     "OSCAR_S3_PORT": os.environ.get("OSCAR_S3_PORT") or str(free_port_pair()),
     "OSCAR_S3_OBJECTSTORE": os.environ.get("OSCAR_S3_OBJECTSTORE", "memstore"),
 }
-
-
-def free_port_pair() -> int:
-    """A port p with p and p + 1 free on 127.0.0.1 (radosgw on p, the monitor on p + 1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port > 65000:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
 
 
 def _run(cmd: str, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -32,7 +32,6 @@ from jobs.common.ports import free_port_pair
 from pipeline import parquet, storage, storage_s3
 from pipeline.report import read_notes
 from tests.pipeline import mixed_shards as mixed
-from tests.s3_server import free_port_pair
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARDS, MAX_SAMPLES = 3, 16

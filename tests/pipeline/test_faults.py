@@ -44,7 +44,6 @@ from jobs.common.paths import LOCAL_S3, REPO
 from jobs.common.ports import free_port_pair
 from pipeline import storage, storage_s3
 from tests.pipeline.shards import image_bytes, tar_bytes
-from tests.s3_server import free_port_pair
 
 CANARY = f"oscar-canary-{uuid.uuid4().hex}"  # the secret key that must never be written
 N_SHARDS, PER_SHARD = 3, 16
