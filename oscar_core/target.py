@@ -220,20 +220,6 @@ class TargetSummary:
             single_rate=single_rate_alternative(outcomes),
         )
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TargetSummary:
-        """The inverse of ``to_dict`` (a job report read back)."""
-        single = d.get("single_rate")
-        return cls(
-            target=d["target"],
-            images=d["images"],
-            met=d["met"],
-            rates={int(k): v for k, v in d["rates"].items()},
-            mean_trials=d["mean_trials"],
-            bytes=d["bytes"],
-            single_rate=None if single is None else SingleRate(**single),
-        )
-
     @property
     def saving(self) -> float | None:
         """Fraction of the single-rate bytes saved by choosing per image."""

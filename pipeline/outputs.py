@@ -24,6 +24,7 @@ import hashlib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from oscar_core import CODEC_VERSION, Rate
@@ -34,7 +35,14 @@ from . import storage
 from .contract import EncodeJob, ShardDefinition
 from .parquet import SCHEMA_VERSION
 from .rates import Coding, shard_name
-from .report import FAILED_SUFFIX, STATS_SUFFIX, encode_summary, read_json, read_stats
+from .report import (
+    FAILED_SUFFIX,
+    STATS_SUFFIX,
+    EncodeSummary,
+    encode_summary,
+    read_json,
+    read_stats,
+)
 
 JOB_CONFIG = "job_config.json"
 _SHARD_EXT = re.compile(r"\.(tar(\.(gz|bz2|xz|zst))?|tgz|parquet)$")
@@ -122,7 +130,23 @@ def shard_definitions(
     }
 
 
-def collect_status(out: str) -> dict[str, Any]:
+@dataclass
+class OutputStatus:
+    """The shards of an encode output by state (names), and totals over the done ones."""
+
+    out: str
+    shards: int  # in the job config
+    done: list[str]
+    failed: dict[str, str]  # name -> the error of its last attempt
+    pending: list[str]
+    totals: EncodeSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``oscar status --json`` prints."""
+        return asdict(self)
+
+
+def collect_status(out: str) -> OutputStatus:
     """Done / failed / pending shards of an encode output, with totals of the done ones."""
     config_url = join(out, JOB_CONFIG)
     if not storage.exists(config_url):
@@ -141,11 +165,11 @@ def collect_status(out: str) -> dict[str, Any]:
     with ThreadPoolExecutor(16) as pool:  # small GETs: latency bound
         stats = list(pool.map(lambda n: read_stats(join(out, n + STATS_SUFFIX)), done))
         reasons = list(pool.map(lambda n: read_json(join(out, n + FAILED_SUFFIX)), failed))
-    return {
-        "out": out,
-        "shards": len(config["shards"]),
-        "done": done,
-        "failed": {n: r.get("error", "") for n, r in zip(failed, reasons, strict=True)},
-        "pending": pending,
-        "totals": encode_summary(stats, sum(s.seconds for s in stats)),
-    }
+    return OutputStatus(
+        out=out,
+        shards=len(config["shards"]),
+        done=done,
+        failed={n: r.get("error", "") for n, r in zip(failed, reasons, strict=True)},
+        pending=pending,
+        totals=encode_summary(stats, sum(s.seconds for s in stats)),
+    )

@@ -53,6 +53,12 @@ from .report import (
     ERRORS_SUFFIX,
     FAILED_SUFFIX,
     STATS_SUFFIX,
+    DecodeReport,
+    DecodeShardLine,
+    DecodeShards,
+    EncodeReport,
+    EncodeShardLine,
+    EncodeShards,
     decode_summary,
     encode_summary,
     now_iso,
@@ -116,7 +122,7 @@ def _remove_stale_temps(urls: Iterable[str]) -> None:
             log.info("removed %s, left by a killed writer", stale)
 
 
-def run_encode(job: EncodeJob) -> dict[str, Any]:
+def run_encode(job: EncodeJob) -> EncodeReport:
     """Encode every shard of ``job.src`` not yet done; returns the job report."""
     t0, started_at = time.perf_counter(), now_iso()
     res = job.resources or Resources()
@@ -198,40 +204,26 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
         if join(job.out, r.name + FAILED_SUFFIX) in existing:
             storage.delete(join(job.out, r.name + FAILED_SUFFIX))
     # 6. Report
-    report = {
-        "command": "encode-shards",
-        "out": job.out,
-        "started_at": started_at,
-        "finished_at": now_iso(),
-        "shards": {
-            "total": len(shards),
-            "done_before": len(shards) - len(tasks) - len(not_run),
-            "processed": len(results),
-            "failed": len(failures),
-            "not_run": len(not_run),
-        },
-        "summary": encode_summary(results, time.perf_counter() - t0),
-        "failed": [[t.name, t.attempt, e] for t, e in failures],
-        "per_shard": [
-            {
-                "shard": r.name,
-                "rate": r.rate_index if r.target is None else r.target,
-                "images": r.samples,
-                "errors": r.errors,
-                "seconds": round(r.seconds, 2),
-                "images_per_s": round(r.samples / r.seconds, 1) if r.seconds else None,
-                "attempt": r.attempt,
-                "worker": f"pid {r.worker.get('pid')} {r.worker.get('device')}",
-            }
-            for r in sorted(results, key=lambda r: r.name)
-        ],
-        "workers": workers,
-    }
+    report = EncodeReport.finish(
+        job.out,
+        started_at,
+        failures,
+        workers,
+        shards=EncodeShards(
+            total=len(shards),
+            done_before=len(shards) - len(tasks) - len(not_run),
+            processed=len(results),
+            failed=len(failures),
+            not_run=len(not_run),
+        ),
+        summary=encode_summary(results, time.perf_counter() - t0),
+        per_shard=[EncodeShardLine.of(r) for r in sorted(results, key=lambda r: r.name)],
+    )
     targeted = [
         join(job.out, names[u] + ".parquet") for u in shards if not isinstance(rates[u], Rate)
     ]
     if targeted:  # over every done shard of the job, this run's and earlier ones
-        report["targets"] = target_report([p for p in targeted if storage.exists(p)])
+        report.targets = target_report([p for p in targeted if storage.exists(p)])
     write_job_report(job.out, report)
     return report
 
@@ -239,7 +231,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
 # --------------------------------------------------------------------------- decode
 
 
-def run_decode(job: DecodeJob) -> dict[str, Any]:
+def run_decode(job: DecodeJob) -> DecodeReport:
     """Decode every Parquet of ``job.parquets`` into shards or files under ``job.out``."""
     t0, started_at = time.perf_counter(), now_iso()
     res = job.resources or Resources()
@@ -268,35 +260,22 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
     results, failures, workers = _dispatch(job, tasks, "decode_shard", res)
     _remove_stale_temps([t.errors_url for t in tasks] + [t.output for t in tasks if not t.as_files])
     # 3. Report
-    report = {
-        "command": "decode-shards",
-        "out": job.out,
-        "started_at": started_at,
-        "finished_at": now_iso(),
-        "shards": {"total": len(tasks), "processed": len(results), "failed": len(failures)},
-        "summary": decode_summary(results, time.perf_counter() - t0),
-        "failed": [[t.name, t.attempt, e] for t, e in failures],
-        "per_shard": [
-            {
-                "parquet": r.name,
-                "rows": r.rows,
-                "decoded": r.decoded,
-                "failures": len(r.failures),
-                "fallbacks": len(r.notes_of(NOTE_FALLBACK)),
-                "renamed": len(r.notes_of(NOTE_RENAMED)),
-                "seconds": round(r.seconds, 2),
-            }
-            for r in sorted(results, key=lambda r: r.name)
-        ],
+    report = DecodeReport.finish(
+        job.out,
+        started_at,
+        failures,
+        workers,
+        shards=DecodeShards(total=len(tasks), processed=len(results), failed=len(failures)),
+        summary=decode_summary(results, time.perf_counter() - t0),
+        per_shard=[DecodeShardLine.of(r) for r in sorted(results, key=lambda r: r.name)],
         # the first rows of each kind; every one is in that Parquet's <name>.errors listing
-        "row_failures": [[r.name, k, why] for r in results for k, why in r.failures][:1000],
-        "row_notes": [
+        row_failures=[[r.name, k, why] for r in results for k, why in r.failures][:1000],
+        row_notes=[
             [r.name, n.key, n.kind, n.reason]
             for r in results
             for n in r.notes
             if n.kind in (NOTE_FALLBACK, NOTE_RENAMED)
         ][:1000],
-        "workers": workers,
-    }
+    )
     write_job_report(job.out, report, stem="decode_report")
     return report

@@ -8,7 +8,8 @@ from __future__ import annotations
 import statistics
 
 from jobs.bench import shards
-from jobs.bench.common import BenchContext, SectionResult, measure, not_run, table, verdict
+from jobs.bench.common import BenchContext, SectionResult, not_run, table, verdict
+from jobs.bench.timing import measure
 
 EFFICIENCY_GOAL = 0.9  # bench's own: the shard path keeps >= 90% of the bare model's rate
 

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from jobs.bench import shards
-from jobs.bench.common import BenchContext, SectionResult, Table, measure, not_run, table, verdict
+from jobs.bench.common import BenchContext, SectionResult, Table, not_run, table, verdict
 from jobs.bench.stage_profile import stage_profile
+from jobs.bench.timing import measure
 
 SCALING_GOAL = 1.7  # issue #5: 2 actors >= 1.7x one actor on this 2-core machine (85% efficiency)
 # GPU projection (section 5): assumptions, recorded with the figure
@@ -117,12 +118,12 @@ def _run_ray(api: dict[str, Any], ctx: BenchContext, src: str, out: Path, worker
     wall = time.perf_counter() - t0
     per_actor: dict[str, float] = defaultdict(float)
     images = 0
-    for shard in report["per_shard"]:
-        per_actor[shard["worker"]] += shard["seconds"]
-        images += shard["images"]
+    for shard in report.per_shard:
+        per_actor[shard.worker] += shard.seconds
+        images += shard.images
     busy = max(per_actor.values())
-    if report["shards"]["failed"]:
-        raise RuntimeError(f"encode-shards failed shards: {report['failed']}")
+    if report.shards.failed:
+        raise RuntimeError(f"encode-shards failed shards: {report.failed}")
     return {
         "actors": workers,
         "actors_seen": len(per_actor),

@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.cli.common import (
     EXIT_FAILED_SHARDS,
@@ -30,6 +30,9 @@ from jobs.cli.common import (
     fail,
     one_line_errors,
 )
+
+if TYPE_CHECKING:  # pipeline is imported when a command runs
+    from pipeline.report import EncodeShards
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -85,31 +88,29 @@ def _print_failed(failed: list) -> int:
     return EXIT_FAILED_SHARDS if failed else 0
 
 
-def _print_shards(command: str, report: dict) -> None:
-    sh = report["shards"]
+def _print_shards(command: str, sh: EncodeShards) -> None:
     print(
-        f"{command}: {sh['processed']} shards done now, {sh['done_before']} before, "
-        f"{sh['failed']} failed, {sh['not_run']} not run (of {sh['total']})"
+        f"{command}: {sh.processed} shards done now, {sh.done_before} before, "
+        f"{sh.failed} failed, {sh.not_run} not run (of {sh.total})"
     )
 
 
 def cmd_encode_shards(args: argparse.Namespace) -> int:
     def run() -> int:
-        from oscar_core.target import TargetSummary
         from pipeline.runner import run_encode
 
         report = run_encode(encode_job(args))
-        _print_shards("encode-shards", report)
-        s = report["summary"]
+        _print_shards("encode-shards", report.shards)
+        s = report.summary
         print(
-            f"  images {s['images']} ({s['images_error']} errors), "
-            f"{s['source_bytes']} -> {s['bitstream_bytes']} bytes (ratio {s['ratio']}), "
-            f"mean {s['mean_bpp']} bpp, {s['images_per_s']} images/s"
+            f"  images {s.images} ({s.images_error} errors), "
+            f"{s.source_bytes} -> {s.bitstream_bytes} bytes (ratio {s.ratio}), "
+            f"mean {s.mean_bpp} bpp, {s.images_per_s} images/s"
         )
-        for t in report.get("targets", []):
-            print(f"  {TargetSummary.from_dict(t).line()}")
+        for t in report.targets:
+            print(f"  {t.line()}")
         print(f"  report: {args.out.rstrip('/')}/job_report.md")
-        return _print_failed(report["failed"])
+        return _print_failed(report.failed)
 
     return _guarded("encode-shards", args.verbose, run)
 
@@ -117,10 +118,11 @@ def cmd_encode_shards(args: argparse.Namespace) -> int:
 def cmd_recompress(args: argparse.Namespace) -> int:
     def run() -> int:
         from pipeline.recompress import run_recompress
-        from pipeline.report import format_table, human_bytes
+        from pipeline.recompress_report import format_table, human_bytes
+        from pipeline.report import EncodeShards
 
         report = run_recompress(encode_job(args), quality_sample=args.quality_sample)
-        _print_shards("recompress", report["encode"])
+        _print_shards("recompress", EncodeShards(**report["encode"]["shards"]))
         t = report["totals"]
         print(format_table(report))
         print(
@@ -142,19 +144,19 @@ def cmd_decode_shards(args: argparse.Namespace) -> int:
         from pipeline.runner import run_decode
 
         report = run_decode(shard_job(DecodeJob, args, parquets=args.inputs))
-        s = report["summary"]
+        s = report.summary
         print(
-            f"decode-shards: {s['parquets']} parquets, {s['images_decoded']} images decoded, "
-            f"{s['rows_skipped_error']} error rows skipped, {s['failures']} rows failed, "
-            f"{s['fallbacks']} written as png instead, {s['renamed']} images renamed, "
-            f"{s['images_per_s']} images/s"
+            f"decode-shards: {s.parquets} parquets, {s.images_decoded} images decoded, "
+            f"{s.rows_skipped_error} error rows skipped, {s.failures} rows failed, "
+            f"{s.fallbacks} written as png instead, {s.renamed} images renamed, "
+            f"{s.images_per_s} images/s"
         )
-        for name, key, why in report["row_failures"][:20]:
+        for name, key, why in report.row_failures[:20]:
             print(f"  {name}: {key}: {why}", file=sys.stderr)
-        if s["failures"] or s["fallbacks"] or s["renamed"] or s["rows_skipped_error"]:
+        if s.failures or s.fallbacks or s.renamed or s.rows_skipped_error:
             print(f"  every such row is listed in {args.out.rstrip('/')}/<name>.errors")
         print(f"  report: {args.out.rstrip('/')}/decode_report.md")
-        return EXIT_FAILED_SHARDS if report["failed"] else 0
+        return EXIT_FAILED_SHARDS if report.failed else 0
 
     return _guarded("decode-shards", args.verbose, run)
 
@@ -165,23 +167,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         status = collect_status(args.out)
         if args.json:
-            print(json.dumps(status, indent=2))
+            print(json.dumps(status.to_dict(), indent=2))
             return 0
-        t = status["totals"]
+        t = status.totals
         print(
-            f"{status['out']}: {len(status['done'])} done, {len(status['failed'])} failed, "
-            f"{len(status['pending'])} pending (of {status['shards']} shards)"
+            f"{status.out}: {len(status.done)} done, {len(status.failed)} failed, "
+            f"{len(status.pending)} pending (of {status.shards} shards)"
         )
         print(
-            f"  done: {t['images']} images ({t['images_error']} errors), "
-            f"{t['source_bytes']} -> {t['bitstream_bytes']} bytes, ratio {t['ratio']}"
+            f"  done: {t.images} images ({t.images_error} errors), "
+            f"{t.source_bytes} -> {t.bitstream_bytes} bytes, ratio {t.ratio}"
         )
-        for name, error in status["failed"].items():
+        for name, error in status.failed.items():
             print(f"  failed  {name}: {error}")
-        for name in status["pending"][:20]:
+        for name in status.pending[:20]:
             print(f"  pending {name}")
-        if len(status["pending"]) > 20:
-            print(f"  ... and {len(status['pending']) - 20} more pending")
+        if len(status.pending) > 20:
+            print(f"  ... and {len(status.pending) - 20} more pending")
         return 0
 
     return _guarded("status", args.verbose, run)

@@ -107,16 +107,16 @@ def soak(iterations: int, seconds: float) -> int:
                     **common,
                 )
             )
-            problems = [f"{n}: encode failed: {e}" for n, _a, e in report["failed"]]
-            problems += [f"{n}: decode failed: {e}" for n, _a, e in decoded["failed"]]
+            problems = [f"{n}: encode failed: {e}" for n, _a, e in report.failed]
+            problems += [f"{n}: decode failed: {e}" for n, _a, e in decoded.failed]
             problems += check_outputs(builds, out, dec, fmt)
             n = sum(len(b.records) for b in builds.values())
-            errors, notes = report["summary"]["images_error"], decoded["summary"]
+            errors, notes = report.summary.images_error, decoded.summary
             tag = "overwrite re-run" if run else f"rate {rate}, {workers} workers, --format {fmt}"
             verdict = "nothing lost" if not problems else f"{len(problems)} PROBLEMS"
             print(
                 f"soak {it + 1}/{iterations} ({tag}): {n} samples ({errors} errors; decode "
-                f"{notes['failures']} failed, {notes['fallbacks']} fallbacks, {notes['renamed']} "
+                f"{notes.failures} failed, {notes.fallbacks} fallbacks, {notes.renamed} "
                 f"renamed) in {len(builds)} shards: {verdict} ({time.monotonic() - t0:.1f} s)",
                 flush=True,
             )

@@ -111,11 +111,11 @@ def test_actor_error_names_the_init_exception():
         '  File "pipeline/worker.py", line 1, in pick_device\n'
         "RuntimeError: Ray assigned GPU 0 to this worker\n"
     )
-    assert dispatch._actor_error(_FakeActorDied(ray_message)) == (
+    assert dispatch.actor_error(_FakeActorDied(ray_message)) == (
         "RuntimeError: Ray assigned GPU 0 to this worker"
     )
     died = Exception("The actor died unexpectedly before finishing this task.\n\tpid: 7")
-    assert dispatch._actor_error(died) == "The actor died unexpectedly before finishing this task."
+    assert dispatch.actor_error(died) == "The actor died unexpectedly before finishing this task."
 
 
 @pytest.mark.cuda
