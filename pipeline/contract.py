@@ -97,7 +97,7 @@ class ShardDefinition:
     """What one shard's output depends on, stored in its stats JSON (the done marker).
 
     A re-run skips a done shard only when the job asks for the same definition; a different
-    one stops the job before any work (``runner.check_done_definitions``) unless
+    one stops the job before any work (``outputs.check_done_definitions``) unless
     ``--overwrite``. Not in it: what cannot change a row (batch size, workers, retries).
     """
 

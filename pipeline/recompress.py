@@ -31,9 +31,10 @@ from oscar_core.metrics import ms_ssim, psnr
 from . import storage
 from .contract import EncodeJob, QualityTask, Resources, ShardQuality, WorkerConfig
 from .dispatch import check_resources, execute, ray_session
+from .outputs import JOB_CONFIG, join
 from .parquet import read_table
 from .report import STATS_SUFFIX, now_iso, read_json, read_stats, recompress_markdown, write_json
-from .runner import JOB_CONFIG, join, run_encode
+from .runner import run_encode
 from .samples import (
     IMAGE_EXTS,
     SampleError,

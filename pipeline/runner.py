@@ -2,7 +2,6 @@
 
     run_encode(EncodeJob)   tar shards -> <out>/<name>.parquet + <name>.stats.json
     run_decode(DecodeJob)   Parquets   -> <out>/<name>.tar (or <out>/<name>/<key>.<ext>)
-    collect_status(out)     done / failed / pending shards of an encode output
 
 Steps of a run: 1. validate everything (model dir, rates, shard list, output names, that the
 output is writable, that shards already done were done as this job asks: same
@@ -12,33 +11,21 @@ exists; 4. start ``ShardWorker`` actors on Ray (a local instance bound to 127.0.
 an address is given); 5. hand out shards, retrying a failed one with exponential backoff and
 replacing an actor that died; 6. write the report.
 
-Output layout (``<out>`` is a local directory or an s3 prefix)::
-
-    job_config.json          the resolved job (shards, rates, settings; no credentials)
-    <name>.parquet           one row per sample (see parquet.py)
-    <name>.stats.json        written last: the shard is done
-    <name>.failed.json       the shard failed every retry (removed when it later succeeds)
-    job_report.json / .md    the last run's report
-
-and of a decode: ``<name>.tar`` (or ``<name>/<key>.<ext>``), ``<name>.errors`` (the rows
-not written as asked, JSON lines; only when there are any), ``decode_report.json / .md``.
+The output's layout, names and done markers: ``outputs.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any
 
-from oscar_core import CODEC_VERSION, OscarConfig, OscarModel, Rate
-from oscar_core.bitstream import VERSION as BITSTREAM_VERSION
-from oscar_core.config import CONFIG_NAME, WEIGHTS_NAME
+from oscar_core import CODEC_VERSION, OscarConfig, OscarModel
+from oscar_core.config import WEIGHTS_NAME
 
 from . import storage
 from .contract import (
@@ -49,13 +36,19 @@ from .contract import (
     EncodeJob,
     EncodeTask,
     Resources,
-    ShardDefinition,
     ShardResult,
     WorkerConfig,
 )
 from .dispatch import check_resources, execute
-from .parquet import SCHEMA_VERSION
-from .rates import RatePlan, shard_name
+from .outputs import (
+    JOB_CONFIG,
+    check_done_definitions,
+    join,
+    model_sha256,
+    shard_definitions,
+    unique_names,
+)
+from .rates import RatePlan
 from .report import (
     ERRORS_SUFFIX,
     FAILED_SUFFIX,
@@ -63,38 +56,12 @@ from .report import (
     decode_summary,
     encode_summary,
     now_iso,
-    read_json,
-    read_stats,
     write_job_report,
     write_json,
 )
 from .sinks import FORMATS
 
 log = logging.getLogger(__name__)
-
-JOB_CONFIG = "job_config.json"
-_SHARD_EXT = re.compile(r"\.(tar(\.(gz|bz2|xz|zst))?|tgz|parquet)$")
-
-
-def join(out: str, name: str) -> str:
-    return out.rstrip("/") + "/" + name
-
-
-def output_name(url: str) -> str:
-    """``s3://b/in/shard-000001.tar`` -> ``shard-000001`` (the stem of every output)."""
-    return _SHARD_EXT.sub("", shard_name(url))
-
-
-def unique_names(urls: list[str]) -> dict[str, str]:
-    """url -> output name; ValueError when two inputs would write the same outputs."""
-    names: dict[str, str] = {}
-    for url in urls:
-        name = output_name(url)
-        if name in names.values():
-            other = next(u for u, n in names.items() if n == name)
-            raise ValueError(f"{url} and {other} would both write outputs named {name!r}")
-        names[url] = name
-    return names
 
 
 def _check_positive(**values: float | None) -> None:
@@ -118,47 +85,6 @@ def _check_model(model_dir: str) -> tuple[OscarConfig, str]:
     if not os.path.isfile(os.path.join(model_dir, WEIGHTS_NAME)):
         raise FileNotFoundError(f"model directory {model_dir}: missing {WEIGHTS_NAME}")
     return config, model_dir
-
-
-def model_sha256(local_dir: str) -> str:
-    """SHA-256 over a model directory's config.json and model.safetensors (name, size,
-    bytes). Why not the model id: that needs the weights loaded (minutes and GBs for
-    oscar-sd21, on the driver); hashing the files takes seconds and changes with them."""
-    h = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        path = os.path.join(local_dir, name)
-        h.update(f"{name}\0{os.path.getsize(path)}\0".encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def check_done_definitions(done: dict[str, str], asked: dict[str, ShardDefinition]) -> None:
-    """ValueError (one line) when a done shard's stats JSON records another definition than
-    the job asks for it. ``done``: shard URL -> its stats URL; ``asked``: shard URL -> def."""
-
-    def recorded_definition(url: str) -> dict[str, Any] | None:
-        try:
-            return read_stats(done[url]).definition
-        except ValueError as exc:  # not JSON, not an object of ours
-            raise ValueError(f"{done[url]}: unreadable stats JSON: {exc}") from None
-
-    urls = sorted(done)
-    with ThreadPoolExecutor(16) as pool:  # small GETs: latency bound
-        recorded = list(pool.map(recorded_definition, urls))
-    differ = [
-        (u, diff)
-        for u, rec in zip(urls, recorded, strict=True)
-        if (diff := asked[u].differences(rec))
-    ]
-    if differ:
-        url, diff = differ[0]
-        more = f" (and {len(differ) - 1} more done shards differ)" if len(differ) > 1 else ""
-        raise ValueError(
-            f"{done[url]}: shard {output_name(url)} was done with another definition: "
-            f"{'; '.join(diff)}{more}; pass --overwrite to redo, or write to another --out"
-        )
 
 
 def _dispatch(job: EncodeJob | DecodeJob, tasks: list, method: str, res: Resources) -> tuple:
@@ -187,25 +113,6 @@ def _remove_stale_temps(urls: Iterable[str]) -> None:
     for url in urls:
         for stale in storage.remove_stale_temps(url):
             log.info("removed %s, left by a killed writer", stale)
-
-
-def shard_definitions(
-    job: EncodeJob, model_digest: str, rates: dict[str, Rate]
-) -> dict[str, ShardDefinition]:
-    """shard URL -> what its output will depend on (``contract.ShardDefinition``)."""
-    return {
-        url: ShardDefinition(
-            model_sha256=model_digest,
-            codec_version=CODEC_VERSION,
-            bitstream_version=BITSTREAM_VERSION,
-            schema_version=SCHEMA_VERSION,
-            rate_index=rate.index,
-            nominal_bpp=rate.nominal_bpp,
-            max_pixels=job.max_pixels,
-            precision=job.precision,
-        )
-        for url, rate in rates.items()
-    }
 
 
 def run_encode(job: EncodeJob) -> dict[str, Any]:
@@ -386,35 +293,3 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
     }
     write_job_report(job.out, report, stem="decode_report")
     return report
-
-
-# --------------------------------------------------------------------------- status
-
-
-def collect_status(out: str) -> dict[str, Any]:
-    """Done / failed / pending shards of an encode output, with totals of the done ones."""
-    config_url = join(out, JOB_CONFIG)
-    if not storage.exists(config_url):
-        raise ValueError(f"{out}: no {JOB_CONFIG} (not an encode-shards output?)")
-    config = read_json(config_url)
-    listing = set(storage.list_prefix(join(out, "")))
-    done, failed, pending = [], [], []
-    for shard in config["shards"]:
-        name = shard["name"]
-        if join(out, name + STATS_SUFFIX) in listing:
-            done.append(name)
-        elif join(out, name + FAILED_SUFFIX) in listing:
-            failed.append(name)
-        else:
-            pending.append(name)
-    with ThreadPoolExecutor(16) as pool:  # small GETs: latency bound
-        stats = list(pool.map(lambda n: read_stats(join(out, n + STATS_SUFFIX)), done))
-        reasons = list(pool.map(lambda n: read_json(join(out, n + FAILED_SUFFIX)), failed))
-    return {
-        "out": out,
-        "shards": len(config["shards"]),
-        "done": done,
-        "failed": {n: r.get("error", "") for n, r in zip(failed, reasons, strict=True)},
-        "pending": pending,
-        "totals": encode_summary(stats, sum(s.seconds for s in stats)),
-    }

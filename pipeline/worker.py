@@ -17,8 +17,8 @@ cannot fit in memory is an error row; anything else (storage, a broken device) f
 shard, and the runner retries it. On decode, likewise, a row that cannot be written (a bad
 bitstream or key, Pillow refusing the image) is a note in the result and in the
 ``<name>.errors`` listing, and the rest of the shard is written. A worker that cannot start
-(the model does not load, a GPU slot without CUDA: ``pick_device``) stops the job before
-any shard runs.
+(the model does not load, a GPU slot without CUDA: ``placement.pick_device``) stops the job
+before any shard runs.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from .contract import (
     WorkerConfig,
 )
 from .parquet import ShardParquetWriter, iter_row_batches, row_key
+from .placement import pick_device, ray_gpu_ids, ray_node
 from .prefetch import Prefetch
 from .report import now_iso, write_notes, write_stats
 from .samples import (
@@ -78,56 +79,6 @@ DECODE_COLUMNS = (
     "bitstream",
     "metadata",
 )
-
-
-# Tests only: Ray's GPUs are pretend ones (``ray.init(num_gpus=N)`` on a machine without
-# CUDA), so an actor given one runs on the CPU instead of failing to start.
-FAKE_GPUS_ENV = "OSCAR_FAKE_GPUS"
-
-
-def pick_device(gpu_ids: list[Any]) -> str:
-    """cuda:0 when Ray gave this actor a GPU, else cpu; a GPU without CUDA is an error.
-
-    Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s), so inside the actor it is cuda:0
-    (one: ``check_resources`` refuses more than one GPU per worker). A GPU slot without
-    CUDA is a broken node (a CPU-only torch, a driver that does not load): falling back to
-    the CPU would hold the GPU while coding at CPU speed, so the actor fails to start and
-    the job stops with this message (``dispatch.WorkersFailedToStart``).
-    """
-    if not gpu_ids:
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda:0"
-    if os.environ.get(FAKE_GPUS_ENV) == "1":
-        return "cpu"
-    raise RuntimeError(
-        f"Ray assigned GPU {', '.join(map(str, gpu_ids))} to this worker "
-        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}) but "
-        f"torch.cuda.is_available() is False (torch {torch.__version__}, CUDA build "
-        f"{torch.version.cuda}): no usable CUDA device on node {socket.gethostname()}; "
-        "for CPU workers pass --gpus-per-worker 0"
-    )
-
-
-def ray_gpu_ids() -> list[Any]:
-    """The GPU ids Ray assigned to this process ([] outside Ray or without GPUs)."""
-    try:
-        import ray
-    except ImportError:  # the plain class works without Ray (tests, one-off use)
-        return []
-    return list(ray.get_gpu_ids()) if ray.is_initialized() else []
-
-
-def _ray_node() -> tuple[str | None, str | None]:
-    """(node id, node IP) of the Ray node this process runs on; (None, None) outside Ray."""
-    try:
-        import ray
-    except ImportError:
-        return None, None
-    if not ray.is_initialized():
-        return None, None
-    ctx = ray.get_runtime_context()
-    return ctx.get_node_id(), ray.util.get_node_ip_address()
 
 
 class ShardWorker:
@@ -158,7 +109,7 @@ class ShardWorker:
     def describe(self) -> dict[str, Any]:
         """Where this worker runs: the runner logs it and the tests check GPU pinning and
         (node_id) that a multi-node job spread its actors over the nodes."""
-        node_id, node_ip = _ray_node()
+        node_id, node_ip = ray_node()
         return {
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -158,7 +158,7 @@ def cmd_decode_shards(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     def run() -> int:
-        from pipeline.runner import collect_status
+        from pipeline.outputs import collect_status
 
         status = collect_status(args.out)
         if args.json:

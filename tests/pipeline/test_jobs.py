@@ -37,7 +37,8 @@ from jobs.common.paths import REPO
 from pipeline import storage, storage_s3
 from pipeline.contract import DecodeJob, EncodeJob, Resources
 from pipeline.dispatch import run_tasks
-from pipeline.runner import collect_status, run_decode, run_encode
+from pipeline.outputs import collect_status
+from pipeline.runner import run_decode, run_encode
 from tests.pipeline.shards import image_bytes, tar_bytes, truncate_in_member
 from tests.s3_server import empty_and_delete_bucket
 
