@@ -156,15 +156,15 @@ def target_columns(target: Target, found: TargetResult) -> dict[str, Any]:
 
 
 def target_outcomes(url: str) -> dict[str, list[Outcome]]:
-    """target -> its ok rows' ``Outcome`` in one shard Parquet (reads five small columns by
-    ranges, never the bitstreams); {} for a fixed-rate shard or a schema 2 file."""
-    with storage.open_seekable(url) as f:
-        pf = pq.ParquetFile(f)
-        if pf.schema_arrow.get_field_index("target") < 0:
+    """target -> its ok rows' ``Outcome`` in one shard Parquet (seven small columns, a row
+    group at a time, never the bitstreams); {} for a fixed-rate shard or a schema 2 file."""
+    with storage.open_seekable(url) as f:  # the footer only
+        if pq.ParquetFile(f).schema_arrow.get_field_index("target") < 0:
             return {}
-        cols = ["status", "rate_index", "width", "height", "target", "target_met", "target_tried"]
-        out: dict[str, list[Outcome]] = {}
-        for row in pf.read(columns=cols).to_pylist():
+    cols = ["status", "rate_index", "width", "height", "target", "target_met", "target_tried"]
+    out: dict[str, list[Outcome]] = {}
+    for rows in iter_row_batches(url, columns=cols):
+        for row in rows:
             if row["status"] != "ok" or row["target"] is None:
                 continue
             tried = {
@@ -174,7 +174,7 @@ def target_outcomes(url: str) -> dict[str, list[Outcome]]:
             pixels = row["width"] * row["height"]
             outcome = Outcome(row["rate_index"], row["target_met"], tried, pixels)
             out.setdefault(row["target"], []).append(outcome)
-        return out
+    return out
 
 
 def check_schema(schema: pa.Schema, url: str) -> None:
@@ -193,14 +193,26 @@ def check_schema(schema: pa.Schema, url: str) -> None:
 
 
 def iter_row_batches(
-    url: str, columns: list[str] | None = None, batch_rows: int = 256
+    url: str,
+    columns: list[str] | None = None,
+    batch_rows: int = 256,
+    row_groups: list[int] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Stream a shard Parquet as lists of row dicts (bounded memory: ``batch_rows`` rows)."""
-    with storage.local_copy(url) as path:  # Parquet readers seek to the footer
-        pf = pq.ParquetFile(path)
+    """Stream a shard Parquet (all row groups, or ``row_groups``) as lists of row dicts,
+    ``batch_rows`` at most, a batch never spanning two row groups.
+
+    Never the whole file, in memory or on disk: ``storage.open_seekable`` fetches the footer,
+    then each row group in turn (on S3 one ranged GET of its ``columns``' chunks). Memory:
+    one row group (at most ``ROW_GROUP_ROWS`` rows, ~``ROW_GROUP_BYTES``) plus a batch.
+    Why one ``iter_batches`` call per row group: given them all, pyarrow (``pre_buffer``,
+    its default) reads every row group's chunks up front, i.e. the whole file.
+    """
+    with storage.open_seekable(url) as f:
+        pf = pq.ParquetFile(f)
         check_schema(pf.schema_arrow, url)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-            yield batch.to_pylist()
+        for group in range(pf.num_row_groups) if row_groups is None else row_groups:
+            for batch in pf.iter_batches(batch_rows, row_groups=[group], columns=columns):
+                yield batch.to_pylist()
 
 
 def row_key(row: dict[str, Any]) -> str:
@@ -211,9 +223,10 @@ def row_key(row: dict[str, Any]) -> str:
 
 
 def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
-    """A whole shard Parquet as a pyarrow Table (for tests, reports and small shards)."""
-    with storage.local_copy(url) as path:  # Parquet readers seek to the footer
-        table = pq.read_table(path, columns=columns)
+    """A whole shard Parquet as a pyarrow Table (for tests, reports and small shards), read
+    by ranges like ``iter_row_batches`` (no local copy)."""
+    with storage.open_seekable(url) as f:
+        table = pq.ParquetFile(f).read(columns=columns)
     if columns is None:
         check_schema(table.schema, url)
     return table

@@ -14,6 +14,7 @@ Sections (one module each, a function ``ctx -> SectionResult``; see ``common.py`
     6  peak RSS of a worker for shards of 100 vs 1,000 images      (memory.py)
     7  range-coded vs fixed-length bits of the VQ indices per rate (entropy.py)
     8  storage.open_read vs boto3 get_object on the local radosgw  (s3.py)
+    9  decode-shards peak RSS and local disk, 100 vs 1,000 images  (decode_memory.py)
 
 Every figure is the median of ``--repeats`` runs after a warm-up run; every comparison runs
 both sides in this process with the same torch threads, under ``torch.inference_mode()``.
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from jobs.bench.archive_read import section_archive_read
 from jobs.bench.common import BenchContext, SectionResult, load_images, parse_precisions
+from jobs.bench.decode_memory import section_decode_memory
 from jobs.bench.efficiency import section_efficiency
 from jobs.bench.entropy import section_entropy_gain
 from jobs.bench.memory import section_memory
@@ -62,6 +64,7 @@ SECTIONS: dict[int, Callable[[BenchContext], SectionResult]] = {
     6: section_memory,
     7: section_entropy_gain,
     8: section_s3,
+    9: section_decode_memory,
     10: section_targets,
     11: section_archive_read,
 }
