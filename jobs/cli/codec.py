@@ -19,7 +19,13 @@ import argparse
 import json
 from pathlib import Path
 
-from jobs.cli.common import EXIT_BAD_INPUT, add_command, add_precision, print_error
+from jobs.cli.common import (
+    EXIT_BAD_INPUT,
+    add_command,
+    add_precision,
+    add_rate_or_target,
+    print_error,
+)
 
 
 def _load_codec(args: argparse.Namespace):
@@ -200,14 +206,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files (png, jpg, webp, ...)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace existing OUT_DIR files")
-    how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--rate", help="ladder index (0..7) or nominal bpp (0.0313)")
-    how.add_argument(
-        "--target",
-        metavar="METRIC>=VALUE",
-        help="per image, the lowest rate whose decoded image meets it; METRIC: psnr, "
-        "ms-ssim or ssimulacra2 (e.g. psnr>=28)",
-    )
+    add_rate_or_target(p, required=True, rate_help="ladder index (0..7) or nominal bpp (0.0313)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_precision(p)

@@ -26,6 +26,7 @@ from jobs.cli.common import (
     EXIT_FAILED_SHARDS,
     add_command,
     add_precision,
+    add_rate_or_target,
     config_from_args,
     fail,
     one_line_errors,
@@ -207,13 +208,8 @@ def _add_encode_args(p: argparse.ArgumentParser) -> None:
     """What encode-shards and recompress both take (``encode_job`` reads them)."""
     p.add_argument("src", metavar="SRC", help="shards: brace range, glob or .txt (local or s3)")
     p.add_argument("--out", required=True, metavar="DST", help="output dir or s3 prefix")
-    p.add_argument("--rate", help="default rate: ladder index (0..7) or nominal bpp")
-    p.add_argument(
-        "--target",
-        metavar="METRIC>=VALUE",
-        help="instead of --rate: per image the lowest rate whose decoded image meets it "
-        "(psnr, ms-ssim, ssimulacra2; e.g. ssimulacra2>=40)",
-    )
+    rate_help = "default rate: ladder index (0..7) or nominal bpp"
+    add_rate_or_target(p, required=False, rate_help=rate_help)
     p.add_argument(
         "--rates-file",
         metavar="F",
