@@ -29,7 +29,7 @@ class PngFolder:
         from PIL import Image
 
         with Image.open(self.paths[i]) as img:
-            return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1)
+            return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
 
 
 def _drain(dataset, batch_size: int | None) -> tuple[int, float]:
