@@ -137,6 +137,11 @@ class SectionResult:
     section: int = 0  # its number in ``jobs.bench.job.SECTIONS`` (set by the runner)
     seconds: float = 0.0  # its wall time (set by the runner)
 
+    @classmethod
+    def judged(cls, ok: bool, shortfall: str, **fields: Any) -> SectionResult:
+        """A section with a goal: status pass/miss from ``ok``; ``shortfall`` kept on a miss."""
+        return cls(status=verdict(ok), shortfall=None if ok else shortfall, **fields)
+
     def to_json(self) -> dict[str, Any]:
         """bench.json's entry: every field but the tables and footnotes, the details
         inline, the optional texts only when set."""

@@ -21,7 +21,7 @@ import uuid
 from typing import Any
 
 from jobs.bench import shards
-from jobs.bench.common import BenchContext, SectionResult, not_run, table, verdict
+from jobs.bench.common import BenchContext, SectionResult, not_run, table
 from jobs.bench.memory import peak_growth, reset_peak_rss, run_probe, shard_sizes, vm_kb
 from jobs.bench.s3 import S3Unavailable, local_s3
 from oscar_core.images import center_crop
@@ -156,12 +156,12 @@ def section_decode_memory(ctx: BenchContext) -> SectionResult:
     disk = max(max(r["temp_peak_mib"], r["disk_written_mib"]) for r in runs.values())
     ok = ratio <= DECODE_MEMORY_GOAL and disk == 0
     why = f"peak +{per_image_kib:.0f} KiB per extra image, {disk:.1f} MiB on local disk"
-    return SectionResult(
+    return SectionResult.judged(
+        ok,
+        f"{ratio:.2f}x RSS, {disk:.1f} MiB on local disk",
         title=title,
-        status=verdict(ok),
         goal=goal,
         measured=f"{measured}; local disk {disk:.1f} MiB at most",
-        shortfall=None if ok else f"{ratio:.2f}x RSS, {disk:.1f} MiB on local disk",
         method=(
             "per size: encode a shard of 64x64 PNGs to a Parquet on S3 (this process), then "
             "a fresh process holding one ShardWorker (outside Ray) decodes it to a tar on S3 "

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from jobs.bench import shards
-from jobs.bench.common import BenchContext, SectionResult, Table, not_run, table, verdict
+from jobs.bench.common import BenchContext, SectionResult, Table, not_run, table
 from jobs.bench.stage_profile import stage_profile
 from jobs.bench.timing import measure
 
@@ -163,12 +163,12 @@ def section_scaling(ctx: BenchContext) -> SectionResult:
         f"= {speedup:.2f}x; GPU projection {proj['encode']['projected_images_per_s']:.0f} "
         f"enc / {proj['decode']['projected_images_per_s']:.0f} dec images/s (projected)"
     )
-    res = SectionResult(
+    res = SectionResult.judged(
+        ok,
+        f"{speedup:.2f}x, {SCALING_GOAL - speedup:.2f}x short",
         title=title,
-        status=verdict(ok),
         goal=goal,
         measured=measured,
-        shortfall=None if ok else f"{speedup:.2f}x, {SCALING_GOAL - speedup:.2f}x short",
         method=(
             f"run_encode over {n_shards} shards of {per_shard} images (rate "
             f"{shards.pipeline_rate(ctx)}), Resources(workers=1|2, cpus_per_worker=1); steady = "
