@@ -30,7 +30,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", default=None, help="psnr,ms-ssim,ssimulacra2,flip,cvvdp,lpips")
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--lpips-weights", default=None, metavar="PATH", help="local AlexNet/LPIPS")
-    p.add_argument("--downscales", default=None, help="variants when out of reach (2,4)")
+    p.add_argument(
+        "--downscales",
+        default=None,
+        help="smaller variants tried (default 2,4,8,16; see oscar eval docs)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
     help_text = "the latent autoencoder's round trip alone: PSNR, Cb/Cr error, saturation"
