@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 # The TrainConfig fields the flags set (each flag's dest is the field's name)
-TRAIN_FLAGS = ("data", "out", "device", "threads", "base", "sd21_dir")
+TRAIN_FLAGS = ("data", "out", "device", "threads", "base", "sd21_dir", "minutes")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -35,6 +35,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="SD-2.1 dir for base oscar-sd21",
     )
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget of the whole run, split between its stages (jobs/train/budget.py)",
+    )
     p.add_argument(
         "--nproc", type=int, default=None, help="processes (one per GPU with --device cuda)"
     )

@@ -5,6 +5,14 @@ bitstream), then searches each classic codec for the quality whose bpp is the cl
 ABOVE OSCAR's (``jobs.eval.codecs.QualityTable``); a codec that cannot go that low is
 reported "cannot reach" and tried on the image downscaled (``avif@1/2``, ...). Everything
 lands in an ``EvalState``: the rows, the crops of the contact sheet, the timings.
+
+The downscaled variants, per codec and rate point, walk down the scales (1, 1/2, 1/4, 1/8,
+1/16 by default): the next smaller one is tried while the current one cannot reach the
+point, or reaches it only at a setting in the lowest LOW_SETTING of the codec's quality
+range (where a smaller image coded better usually wins: the honest rival at the lowest
+rates), and the walk stops at the first variant that scores worse than the one before it
+(``quality_key``: SSIMULACRA 2, else MS-SSIM, else PSNR). So 1/16 is only reached where 1/8
+still helped, and a high rate costs one measured variant per codec.
 """
 
 from __future__ import annotations
@@ -19,9 +27,11 @@ import numpy as np
 
 from jobs.eval.codecs import ClassicCodec, QualityTable
 from jobs.eval.metrics import METRICS, Metric
+from jobs.eval.summary import quality_key
 from oscar_core.images import center_crop
 
 SHEET_CROP = 256  # side of the contact sheet's centre crops
+LOW_SETTING = 0.25  # a reached variant at a setting this low in its range: try a smaller one
 
 
 @dataclass
@@ -109,11 +119,14 @@ def evaluate_image(
                 center_crop(decoded, SHEET_CROP),
                 state.rows[-1],
             )
+    ranking = quality_key([METRICS[n].column for n in state.metrics])
     for name, cc in classic.items():
         tables: dict[int, QualityTable] = {}
         memo: dict[tuple[int, int], tuple[dict, float, np.ndarray]] = {}
+        low = cc.q_min + LOW_SETTING * (cc.q_max - cc.q_min)  # settings at or below: low
         for rate in rates:
             target = targets[rate.index]
+            last: float | None = None  # the key score of the last variant that reached
             for scale in [1, *downscales]:
                 t0 = time.perf_counter()
                 if scale not in tables:
@@ -147,5 +160,9 @@ def evaluate_image(
                 )
                 if keep and name == sheet_codec:
                     state.crops[(sample.name, rate.index, table.name)] = (crop, state.rows[-1])
-                if scale == 1:
-                    break  # the full-size image reached the point: no downscaled variants
+                if ranking is None:
+                    break  # no metric to compare variants by: the first that reaches
+                score = scores[ranking]  # higher is better (``quality_key``)
+                if (last is not None and score <= last) or hit.quality > low:
+                    break  # smaller stopped helping, or a high setting: smaller won't
+                last = score

@@ -4,8 +4,11 @@ For every image and every requested ladder rate, OSCAR compresses and decompress
 image (bpp from the real bitstream bytes); then each classic codec is searched for the
 quality whose bpp is the closest NOT ABOVE OSCAR's bpp on that image (so a codec never
 wins by spending more bits). A codec that cannot go that low at its lowest quality is
-reported "cannot reach" (reached=False, bpp = its lowest) and then also tried on the image
-downscaled 2x and 4x (Lanczos), upscaled back for measuring (``avif@1/2``, ``avif@1/4``).
+reported "cannot reach" (reached=False, bpp = its lowest); smaller variants, the image
+downscaled 2x, 4x, 8x, 16x (Lanczos) and upscaled back for measuring (``avif@1/2``, ...),
+are tried while the larger one cannot reach or reaches only at a low setting, until one
+scores worse than the one before (``compare.py``). Per rate, OSCAR is paired with one codec's
+best variant per image ("OSCAR vs AVIF") and with the best of all ("the best rival").
 
 Outputs in ``--out``: results.csv (one row per image x codec/variant x rate), summary.json,
 summary.md (means per rate, "OSCAR vs AVIF"), rd.png (rate-distortion curves per metric),
@@ -32,7 +35,7 @@ from jobs.eval.metrics import DEFAULT_METRICS, METRICS, build_metrics
 from jobs.eval.plots import contact_sheet, plot_rd
 from jobs.eval.summary import summarize, summary_markdown
 
-DEFAULT_DOWNSCALES = (2, 4)
+DEFAULT_DOWNSCALES = (2, 4, 8, 16)
 SHEET_IMAGES = 3  # the first images get crops on the contact sheet
 NOT_AVAILABLE_NOTES = [
     "dists: not supported (its weights come from the internet, unavailable here)",
@@ -51,7 +54,7 @@ class EvalConfig:
     metrics: str | None = None  # e.g. "psnr,ms-ssim" (None: DEFAULT_METRICS)
     limit: int | None = None  # the first N images only
     lpips_weights: str | None = None  # local AlexNet / LPIPS weights (adds "lpips")
-    downscales: str | None = None  # variants tried when out of reach, "2,4" (None: 2,4)
+    downscales: str | None = None  # smaller variants, "2,4" (None: DEFAULT_DOWNSCALES)
     threads: int | None = None  # torch CPU threads
 
 
@@ -204,8 +207,9 @@ def write_outputs(out_dir: Path, state: EvalState, info: EvalInfo) -> None:
         f"{timing['metrics']:.0f} s).",
         "",
         "Classic codecs: closest bpp NOT ABOVE OSCAR's on each image; `@1/k`: the image "
-        "downscaled k times (Lanczos), upscaled back for measuring; tried only where the "
-        "full-size codec cannot reach. Means over the images that reached (`reached`).",
+        "downscaled k times (Lanczos), upscaled back for measuring; a smaller variant is "
+        "tried where the larger cannot reach or reaches only at a low setting, until one "
+        "scores worse. Means over the images that reached (`reached`).",
         "",
         *[f"- {note}" for note in info.notes + info.errors],
     ]

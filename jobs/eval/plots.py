@@ -49,7 +49,7 @@ def plot_rd(path: Path, summary: list[dict], names: list[str], n_images: int) ->
             if not pts:
                 continue
             codec, _, scale = label.partition("@")
-            style = {"": "-", "1/2": "--", "1/4": ":"}.get(scale, "-.")
+            style = {"": "-", "1/2": "--", "1/4": ":", "1/8": "-."}.get(scale, (0, (1, 4)))
             look = {"lw": 3.0, "zorder": 10} if codec == "oscar" else {"lw": 1.3, "zorder": 2}
             name_ = label.upper() if codec == "oscar" else label
             xs, ys = zip(*pts, strict=True)

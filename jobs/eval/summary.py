@@ -23,13 +23,17 @@ def msssim_db(value: float) -> float:
     return math.inf if value >= 1 else -10 * math.log10(1 - value)
 
 
-def best_row(rows: list[dict], columns: list[str]) -> dict | None:
-    """The reached row with the best quality: by SSIMULACRA 2, else MS-SSIM, else PSNR.
+def quality_key(columns: list[str]) -> str | None:
+    """The column variants are ranked by: SSIMULACRA 2, else MS-SSIM, else PSNR (all higher
+    is better); None when none of them was measured."""
+    return next((c for c in ("ssimulacra2", "ms_ssim", "psnr") if c in columns), None)
 
-    Picks one codec's best variant (full size, @1/2, @1/4) for an image at a rate point.
-    """
+
+def best_row(rows: list[dict], columns: list[str]) -> dict | None:
+    """The reached row with the best quality (``quality_key``): one codec's best variant
+    (full size, @1/2, ...) for an image at a rate point, or the best rival of all codecs."""
     reached = [r for r in rows if r["reached"]]
-    key = next((c for c in ("ssimulacra2", "ms_ssim", "psnr") if c in columns), None)
+    key = quality_key(columns)
     if not reached:
         return None
     return max(reached, key=lambda r: r[key] if key else r["bpp"])
@@ -61,16 +65,23 @@ def summarize(rows: list[dict], metric_names: list[str], versus: str | None) -> 
         summary = {"rate": rate, "nominal_bpp": at_rate[0]["nominal_bpp"], "curves": curves}
         if versus:
             summary["versus"] = _compare(at_rate, versus, columns)
+        if any(r["codec"] != "oscar" for r in at_rate):
+            summary["rival"] = _compare(at_rate, RIVAL, columns)
         out.append(summary)
     return out
 
 
+RIVAL = "rival"  # "versus" every classic codec: per image, the best variant of any codec
+
+
 def _compare(at_rate: list[dict], versus: str, columns: list[str]) -> dict:
+    """OSCAR paired with ``versus``'s best variant per image (``RIVAL``: of every codec)."""
     pairs = []
     for image in dict.fromkeys(r["image"] for r in at_rate):
         mine = [r for r in at_rate if r["image"] == image]
         oscar = next(r for r in mine if r["codec"] == "oscar")
-        best = best_row([r for r in mine if r["codec"] == versus], columns)
+        theirs = [r for r in mine if r["codec"] != "oscar" and versus in (RIVAL, r["codec"])]
+        best = best_row(theirs, columns)
         if best is not None:
             pairs.append((oscar, best))
     variants: dict[str, int] = {}
@@ -95,7 +106,8 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def summary_markdown(summary: list[dict], metric_names: list[str], header: list[str]) -> str:
-    """summary.md: one table per rate (every variant), then OSCAR vs the compared codec."""
+    """summary.md: one table per rate (every variant), then OSCAR vs the compared codec and
+    vs the best rival."""
     columns = [METRICS[n].column for n in metric_names]
     arrows = {METRICS[n].column: "↑" if METRICS[n].higher_is_better else "↓" for n in metric_names}
     lines = ["# OSCAR evaluation", "", *header, ""]
@@ -112,29 +124,41 @@ def summary_markdown(summary: list[dict], metric_names: list[str], header: list[
             cells = [label, f"{e['n_reached']}/{e['n']}", _fmt(e["target_bpp"], 4), bpp]
             lines.append("| " + " | ".join(cells + [_fmt(e[c]) for c in columns]) + " |")
         lines.append("")
-    versus = [s["versus"] for s in summary if "versus" in s]
-    if versus:
-        name = versus[0]["codec"].upper()
-        lines += [f"## OSCAR vs {name} (best variant per image, paired means)", ""]
-        lines += [
-            "Delta = OSCAR minus " + name + ": positive SSIMULACRA 2 / MS-SSIM = OSCAR better.",
-            "",
-        ]
-        head = ["rate", "images", f"{name} variants", "OSCAR bpp", f"{name} bpp"]
-        if "ssimulacra2" in columns:
-            head += ["SSIM2 OSCAR", f"SSIM2 {name}", "Δ SSIM2"]
-        if "ms_ssim" in columns:
-            head += ["MS-SSIM OSCAR", f"MS-SSIM {name}", "Δ MS-SSIM", "Δ MS-SSIM dB"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for s, v in zip([s for s in summary if "versus" in s], versus, strict=True):
-            c = v["codec"]
-            used = ", ".join(f"{k}×{n}" for k, n in v["variants"].items()) or "cannot reach"
-            cells = [str(s["rate"]), f"{v['n_compared']}/{v['n_images']}", used]
-            cells += [_fmt(v["oscar_bpp"], 4), _fmt(v[f"{c}_bpp"], 4)]
-            if "ssimulacra2" in columns:
-                cells += [_fmt(v[f"{k}ssimulacra2"], 2) for k in ("oscar_", f"{c}_", "delta_")]
-            if "ms_ssim" in columns:
-                cells += [_fmt(v[f"{k}ms_ssim"], 4) for k in ("oscar_", f"{c}_", "delta_")]
-                cells.append(_fmt(v["delta_ms_ssim_db"], 2))
-            lines.append("| " + " | ".join(cells) + " |")
+    for field, title in (("versus", None), ("rival", "the best rival")):
+        lines += _comparison_table([s for s in summary if field in s], field, columns, title)
     return "\n".join(lines) + "\n"
+
+
+def _comparison_table(summary: list[dict], field: str, columns: list[str], title) -> list[str]:
+    """Markdown lines: OSCAR vs ``summary[i][field]`` per rate (none if no rate has it)."""
+    if not summary:
+        return []
+    name = title or summary[0][field]["codec"].upper()
+    lines = [f"## OSCAR vs {name} (best variant per image, paired means)", ""]
+    lines += [f"Delta = OSCAR minus {name}: positive SSIMULACRA 2 / MS-SSIM = OSCAR better."]
+    if field == "rival":
+        lines += ["The rival: per image, the best variant of every classic codec (any size)."]
+    lines.append("")
+    head = ["rate", "images", f"{name} variants", "OSCAR bpp", f"{name} bpp"]
+    if "ssimulacra2" in columns:
+        head += ["SSIM2 OSCAR", f"SSIM2 {name}", "Δ SSIM2"]
+    if "ms_ssim" in columns:
+        head += ["MS-SSIM OSCAR", f"MS-SSIM {name}", "Δ MS-SSIM", "Δ MS-SSIM dB"]
+    if "psnr" in columns:
+        head += ["PSNR OSCAR", f"PSNR {name}", "Δ PSNR"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        v = s[field]
+        c = v["codec"]
+        used = ", ".join(f"{k}×{n}" for k, n in v["variants"].items()) or "cannot reach"
+        cells = [str(s["rate"]), f"{v['n_compared']}/{v['n_images']}", used]
+        cells += [_fmt(v["oscar_bpp"], 4), _fmt(v[f"{c}_bpp"], 4)]
+        if "ssimulacra2" in columns:
+            cells += [_fmt(v[f"{k}ssimulacra2"], 2) for k in ("oscar_", f"{c}_", "delta_")]
+        if "ms_ssim" in columns:
+            cells += [_fmt(v[f"{k}ms_ssim"], 4) for k in ("oscar_", f"{c}_", "delta_")]
+            cells.append(_fmt(v["delta_ms_ssim_db"], 2))
+        if "psnr" in columns:
+            cells += [_fmt(v[f"{k}psnr"], 2) for k in ("oscar_", f"{c}_", "delta_")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]

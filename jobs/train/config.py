@@ -70,6 +70,13 @@ class TrainConfig:
     # see ``jobs.common.lpips.Lpips`` for the accepted files); None: SSIM only.
     lpips_weights: str | None = None
     lpips_weight: float = 1.0
+    # Wall-clock budget of the whole run in minutes (``budget.py``; CLI ``--minutes N``):
+    # each stage with steps > 0 runs for its share of the time left, its learning rate on
+    # the clock; None: every stage runs its ``steps``.
+    minutes: float | None = None
+    budget_shares: dict[str, float] = field(
+        default_factory=lambda: {"stage0": 0.3, "stage1": 0.2, "stage2": 0.5, "stage3": 0.15}
+    )
 
     @classmethod
     def from_json(cls, path: str | Path, **overrides) -> TrainConfig:

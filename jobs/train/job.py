@@ -41,12 +41,37 @@ def train_process(cfg: TrainConfig) -> bool:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        finished = Trainer(cfg, ctx).run()
+        trainer = Trainer(cfg, ctx)
+        finished = trainer.run()
         msg = "training finished" if finished else "training paused (time limit); re-run to resume"
         if ctx.is_main:
             print(msg)
+            if finished:
+                for line in stage_lines(trainer.summary):
+                    print(line)
+                print(
+                    f"model: {Path(cfg.out) / 'model'}, summary: {Path(cfg.out) / 'summary.json'}"
+                )
         return finished
     finally:
         log.removeHandler(handler)
         handler.close()
         ctx.close()
+
+
+def stage_lines(summary: dict) -> list[str]:
+    """One line per stage that trained: steps, wall time, steps/s, the final losses."""
+    lines = []
+    for name in ("stage0", "stage1", "stage2", "stage3"):
+        if name not in summary:
+            continue
+        s = summary[name]
+        rate = s["steps"] / max(s["wall_s"], 1e-9)
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in s.get("final_losses", {}).items())
+        lines.append(
+            f"  {name}: {s['steps']} steps in {s['wall_s']:.0f} s ({rate:.2f}/s); {losses}"
+        )
+    if "budget" in summary:
+        b = summary["budget"]
+        lines.append(f"  budget: {b['spent_s']:.0f} s of {b['minutes'] * 60:.0f} s")
+    return lines

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from jobs.train.base import starting_model
+from jobs.train.budget import STAGES, TimeBudget, lr_factor_at
 from jobs.train.config import StageConfig, TrainConfig
 from jobs.train.data import CropSampler, load_images, split
 from jobs.train.decoder import DecoderLoss, decoder_parameters
@@ -77,6 +79,11 @@ class Trainer:
                 json.dumps(dataclasses.asdict(config), indent=2)
             )
         self.summary: dict = self._read_summary()
+        self.t_start = time.monotonic()  # this invocation's clock (the budget's)
+        self.budget = None
+        if config.minutes is not None:  # a wall-clock run (budget.py)
+            spent = float(self.summary.get("budget", {}).get("spent_s", 0.0))
+            self.budget = TimeBudget(config.minutes, config.budget_shares, spent)
         self.summary["data"] = {"images": len(images), "train": len(train), "held": len(held),
                                 "ranks": self.dist.world_size}  # fmt: skip
 
@@ -95,11 +102,15 @@ class Trainer:
         opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=1e-4)
         ckpt_path = self.out / "ckpt" / f"{name}.pt"
         start, elapsed_before = 0, 0.0
+        # with a budget: this stage's seconds (fixed when it first starts), else None
+        allotted = self._allot(name) if self.budget else None
         if ckpt_path.exists():
             state = torch.load(ckpt_path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             start, elapsed_before = int(state["step"]), float(state["elapsed"])
+            if allotted is not None:
+                allotted = float(state.get("allotted") or allotted)
             if hasattr(step_fn, "load_state_dict") and "extra" in state:
                 step_fn.load_state_dict(state["extra"])
             log.info("%s: resumed at step %d", name, start)
@@ -113,16 +124,28 @@ class Trainer:
                 return
             extra = step_fn.state_dict() if hasattr(step_fn, "state_dict") else {}
             state = {"model": self.model.state_dict(), "opt": opt.state_dict(), "step": step,
-                     "elapsed": elapsed_before + time.monotonic() - t0, "extra": extra}  # fmt: skip
+                     "elapsed": elapsed_before + time.monotonic() - t0, "extra": extra,
+                     "allotted": allotted}  # fmt: skip
             torch.save(state, ckpt_path.with_suffix(".tmp"))
             ckpt_path.with_suffix(".tmp").replace(ckpt_path)
 
-        bar = tqdm(range(start, cfg.steps), desc=name, initial=start, total=cfg.steps,
+        # steps: the stage's count, or (with a budget) until its allotted time is used
+        steps = range(start, cfg.steps) if allotted is None else itertools.count(start)
+        bar = tqdm(steps, desc=name, initial=start, total=cfg.steps if allotted is None else None,
                    disable=not self.dist.is_main)  # fmt: skip
-        last_save, averages = time.monotonic(), {}
+        last_save, averages, done = time.monotonic(), {}, cfg.steps
         for step in bar:
+            if allotted is None:
+                factor = _lr_factor(step, cfg.steps)
+            else:  # rank 0's clock decides for all ranks (the same rate, the same last step)
+                spent = elapsed_before + time.monotonic() - t0
+                progress = self.dist.broadcast_object(spent / allotted)
+                if progress >= 1 and step > 0:
+                    done = step
+                    break
+                factor = lr_factor_at(progress)
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * group["scale"] * _lr_factor(step, cfg.steps)
+                group["lr"] = cfg.lr * group["scale"] * factor
             with self.autocast():
                 losses = step_fn(step)
             opt.zero_grad(set_to_none=True)
@@ -147,7 +170,7 @@ class Trainer:
                 save(step + 1)
                 last_save = time.monotonic()
             # One decision for all ranks (their clocks differ; a lone rank would hang).
-            limited = bool(cfg.max_minutes) and step + 1 < cfg.steps
+            limited = bool(cfg.max_minutes) and (allotted is not None or step + 1 < cfg.steps)
             if limited and self.dist.any(minutes >= cfg.max_minutes):
                 save(step + 1)
                 log.info(
@@ -158,8 +181,12 @@ class Trainer:
                 )
                 return False
         elapsed = elapsed_before + time.monotonic() - t0
-        self.summary[name] = {"steps": max(cfg.steps, start), "wall_s": round(elapsed, 1),
+        steps_done = max(done, start) if allotted is None else done
+        self.summary[name] = {"steps": steps_done, "wall_s": round(elapsed, 1),
                               "final_losses": {k: round(v, 5) for k, v in averages.items()}}  # fmt: skip
+        if allotted is not None:
+            self.summary[name] |= {"allotted_s": round(allotted, 1), "batch": cfg.batch,
+                                   "steps_per_s": round(steps_done / max(elapsed, 1e-9), 3)}  # fmt: skip
         self._checkpoint_model()
         if self.dist.is_main:
             done_marker.write_text(json.dumps(self.summary[name]))
@@ -172,9 +199,26 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _allot(self, name: str) -> float:
+        """This stage's seconds under the budget: its share of what is left (``budget.py``),
+        among the stages still to run (those with steps > 0, not done)."""
+        later = STAGES[STAGES.index(name) + 1 :]
+        to_run = [name] + [s for s in later if self._runs(s) and s not in self.summary]
+        return self.budget.allot(name, to_run, time.monotonic() - self.t_start)
+
+    def _runs(self, stage: str) -> bool:
+        """Whether ``stage`` trains anything in this run (steps > 0; stage 0 not for a
+        pretrained VAE)."""
+        if stage == "stage0" and self.model.autoencoder.config.pretrained:
+            return False
+        return getattr(self.cfg, stage).steps > 0
+
     def _checkpoint_model(self) -> None:
         if not self.dist.is_main:
             return
+        if self.budget is not None:  # the run's seconds so far, for a resumed invocation
+            spent = self.budget.spent_before + time.monotonic() - self.t_start
+            self.summary["budget"] = {"minutes": self.budget.minutes, "spent_s": round(spent, 1)}
         self.model.save_pretrained(self.out / "ckpt" / "model")
         (self.out / "summary.json").write_text(json.dumps(self.summary, indent=2))
 

@@ -87,10 +87,16 @@ def test_classic_rows_never_above_target(run):
             assert r["psnr"] == "" and r["ssimulacra2"] == ""
 
 
-def test_downscaled_variants_appear_when_out_of_reach(run):
-    rows = run["rows"]
-    variants = {r["variant"] for r in rows}
+def test_smaller_variants_follow_the_walk(run):
+    """Per image, codec and rate: 1, 1/2, 1/4, 1/8, 1/16 in order, the next tried exactly when
+    this one cannot reach, or reaches at a low setting scoring better than the last that
+    reached (``compare.py``)."""
+    from jobs.eval.compare import LOW_SETTING
+
+    rows, scales = run["rows"], (1, 2, 4, 8, 16)
     for codec in CODECS_RUN:
+        cc = CODECS[codec]
+        low = cc.q_min + LOW_SETTING * (cc.q_max - cc.q_min)
         for image in ("s0", "s1"):
             for rate in RATES:
                 mine = {
@@ -98,11 +104,32 @@ def test_downscaled_variants_appear_when_out_of_reach(run):
                     for r in rows
                     if (r["image"], r["codec"], int(r["rate"])) == (image, codec, rate)
                 }
-                if mine[codec]["reached"] == "False":
-                    assert set(mine) == {codec, f"{codec}@1/2", f"{codec}@1/4"}
-                else:
-                    assert set(mine) == {codec}
-    assert {"jpeg@1/2", "jpeg@1/4", "avif@1/2", "avif@1/4"} <= variants
+                names = [codec if k == 1 else f"{codec}@1/{k}" for k in scales]
+                expected, last = [], None
+                for name in names:
+                    expected.append(name)
+                    row = mine[name]
+                    if row["reached"] == "False":
+                        continue
+                    score = float(row["ssimulacra2"])
+                    if (last is not None and score <= last) or int(row["quality"]) > low:
+                        break
+                    last = score
+                assert list(mine) == expected, (image, codec, rate)
+    # at 64x96 neither codec reaches at full size: the smaller variants are tried
+    assert {"jpeg@1/2", "jpeg@1/16", "avif@1/2", "avif@1/16"} <= {r["variant"] for r in rows}
+
+
+def test_best_rival_is_the_best_of_every_codec(run):
+    summary = json.loads((run["out"] / "summary.json").read_text())
+    for point in summary["per_rate"]:
+        rival, avif = point["rival"], point["versus"]
+        assert rival["codec"] == "rival" and rival["n_images"] == 2
+        assert sum(rival["variants"].values()) == rival["n_compared"]
+        assert rival["n_compared"] >= avif["n_compared"]
+        if rival["n_compared"] == avif["n_compared"] == 2:  # the same images: never worse
+            assert rival["rival_ssimulacra2"] >= avif["avif_ssimulacra2"] - 1e-9
+    assert "OSCAR vs the best rival" in (run["out"] / "summary.md").read_text()
 
 
 def test_metrics_finite_and_in_range(run):
