@@ -72,8 +72,13 @@ def to_tensor(batch: list[np.ndarray]) -> Tensor:
 
 def to_uint8(x: Tensor) -> list[np.ndarray]:
     """(B,3,H,W) in [-1,1] -> list of (H,W,3) uint8 (round half to even, clamp)."""
+    return [np.ascontiguousarray(img) for img in to_uint8_batch(x)]
+
+
+def to_uint8_batch(x: Tensor) -> np.ndarray:
+    """(B,3,H,W) in [-1,1] -> (B,H,W,3) uint8 on the CPU (round half to even, clamp)."""
     q = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return [np.ascontiguousarray(img.permute(1, 2, 0).numpy()) for img in q]
+    return q.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
@@ -93,6 +98,14 @@ def pad_reflect(x: Tensor, height: int, width: int) -> Tensor:
         mode = "reflect" if (ph == 0 or h > 1) and (pw == 0 or w > 1) else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
     return x
+
+
+def padded_index(n: int, target: int) -> np.ndarray:
+    """(target,) int64: the source position of each position ``pad_reflect`` makes when it
+    pads an axis of ``n`` to ``target``, so a tile of the padded image can be read straight
+    from the unpadded one (``image[np.ix_(rows, cols)]``) without padding it whole."""
+    positions = torch.arange(n, dtype=torch.float64).view(1, 1, 1, n)  # exact below 2**53
+    return pad_reflect(positions, 1, target).view(-1).long().numpy()
 
 
 def crop(x: Tensor, height: int, width: int) -> Tensor:
