@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from . import bitstream
-from .context import StreamCoder
+from .context_coder import StreamCoder
 from .entropy import IndexCoder
 from .errors import BitstreamError
 from .hyper import channel_rms, match_norms
@@ -135,7 +135,7 @@ class Codec:
 
     def stream_coder(self, rate_index: int) -> StreamCoder:
         """The rate's probability models (uniform, static pmf, context model when the model
-        has one); ``encode`` keeps the cheapest per stream (``context.py``)."""
+        has one); ``encode`` keeps the cheapest per stream (``context_coder.py``)."""
         if rate_index not in self._stream_coders:
             context = self.model.context
             tables = context.rates[rate_index] if context is not None else None

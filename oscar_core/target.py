@@ -86,6 +86,9 @@ class TargetResult:
     achieved: float  # the target metric of the chosen stream's decoded image
     trials: int  # rates tried (each an encode + decode + metric)
     met: bool  # False: the top rate, and even it misses the target
+    # every trial: ladder index -> (stream bytes, achieved value); reports use it to price
+    # the alternative of one rate for all images without coding them again
+    tried: dict[int, tuple[int, float]]
 
 
 def compress_to_target(
@@ -124,7 +127,139 @@ def compress_to_target(
     out = []
     for i in range(n):
         stream, achieved = tried[i][lo[i]]
+        outcomes = {r: (len(s), value) for r, (s, value) in sorted(tried[i].items())}
         out.append(
-            TargetResult(stream, rates[lo[i]], achieved, len(tried[i]), target.met_by(achieved))
+            TargetResult(
+                stream, rates[lo[i]], achieved, len(tried[i]), target.met_by(achieved), outcomes
+            )
         )
     return out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a report needs of one targeted image (from a ``TargetResult`` or a Parquet row)."""
+
+    rate_index: int  # the chosen rate
+    met: bool
+    tried: dict[int, tuple[int, float]]  # ladder index -> (stream bytes, achieved value)
+    pixels: int  # width * height
+
+
+@dataclass(frozen=True)
+class SingleRate:
+    """The alternative users would otherwise pick: one rate for all images, the lowest that
+    meets the target for every image that can meet it (the highest rate chosen among them;
+    the top rate when none can)."""
+
+    rate_index: int
+    bytes: int  # all images at that rate
+    estimated: int  # images never tried at that rate: their bytes estimated (see below)
+
+
+def single_rate_alternative(outcomes: Sequence[Outcome]) -> SingleRate | None:
+    """Price ``SingleRate`` from the trials alone, without coding again: exact for an image
+    whose search tried that rate (at least one did: it is some image's chosen rate). For
+    another, its own bytes at a rate it tried, times the ratio of bytes between that rate and
+    the single rate over the images that tried both (the tried rate with the most such
+    images, the nearer on a tie): an image's size tracks its content across rates far better
+    than the mean bpp of the (harder) images that tried the single rate."""
+    if not outcomes:
+        return None
+    met = [o.rate_index for o in outcomes if o.met]
+    rate = max(met) if met else max(o.rate_index for o in outcomes)
+    total, estimated = 0.0, 0
+    for o in outcomes:
+        if rate in o.tried:
+            total += o.tried[rate][0]
+            continue
+        estimated += 1
+        best = None  # (peers, -distance, rate tried)
+        for r in o.tried:
+            peers = [p for p in outcomes if r in p.tried and rate in p.tried]
+            key = (len(peers), -abs(r - rate), r)
+            if peers and (best is None or key > best[0]):
+                best = (key, peers)
+        if best is not None:
+            (_, _, r), peers = best
+            ratio = sum(p.tried[rate][0] for p in peers) / max(1, sum(p.tried[r][0] for p in peers))
+            total += o.tried[r][0] * ratio
+        else:  # no image tried both: the mean bpp at the single rate
+            known = [p for p in outcomes if rate in p.tried]
+            bpp = sum(8 * p.tried[rate][0] for p in known) / sum(p.pixels for p in known)
+            total += bpp * o.pixels / 8
+    return SingleRate(rate, round(total), estimated)
+
+
+@dataclass(frozen=True)
+class TargetSummary:
+    """A targeted job in numbers: what ``oscar compress --target`` prints and the shard
+    jobs' report holds."""
+
+    target: str
+    images: int
+    met: int
+    rates: dict[int, int]  # chosen ladder index -> images
+    mean_trials: float
+    bytes: int  # the chosen streams
+    single_rate: SingleRate | None
+
+    @classmethod
+    def of(cls, target: Target | str, outcomes: Sequence[Outcome]) -> TargetSummary:
+        rates: dict[int, int] = defaultdict(int)
+        for o in outcomes:
+            rates[o.rate_index] += 1
+        n = len(outcomes)
+        return cls(
+            target=str(target),
+            images=n,
+            met=sum(o.met for o in outcomes),
+            rates=dict(sorted(rates.items())),
+            mean_trials=sum(len(o.tried) for o in outcomes) / n if n else 0.0,
+            bytes=sum(o.tried[o.rate_index][0] for o in outcomes),
+            single_rate=single_rate_alternative(outcomes),
+        )
+
+    @property
+    def saving(self) -> float | None:
+        """Fraction of the single-rate bytes saved by choosing per image."""
+        if self.single_rate is None or self.single_rate.bytes == 0:
+            return None
+        return 1 - self.bytes / self.single_rate.bytes
+
+    def to_dict(self) -> dict:
+        single = self.single_rate
+        return {
+            "target": self.target,
+            "images": self.images,
+            "met": self.met,
+            "rates": {str(k): v for k, v in self.rates.items()},
+            "mean_trials": round(self.mean_trials, 3),
+            "bytes": self.bytes,
+            "single_rate": None
+            if single is None
+            else {
+                "rate_index": single.rate_index,
+                "bytes": single.bytes,
+                "estimated": single.estimated,
+            },
+            "saving": None if self.saving is None else round(self.saving, 4),
+        }
+
+    def line(self) -> str:
+        """One line for a terminal."""
+        rates = ", ".join(f"rate {k}: {v}" for k, v in self.rates.items())
+        text = (
+            f"target {self.target}: {self.met}/{self.images} met ({rates}), "
+            f"{self.mean_trials:.2f} trials/image, {self.bytes} bytes"
+        )
+        if self.single_rate is not None and self.saving is not None:
+            text += (
+                f" vs {self.single_rate.bytes} at one rate for all (rate "
+                f"{self.single_rate.rate_index}): {100 * self.saving:.1f}% saved"
+            )
+        return text
+
+
+def outcome_of(result: TargetResult, pixels: int) -> Outcome:
+    return Outcome(result.rate.index, result.met, result.tried, pixels)

@@ -16,7 +16,7 @@ from oscar_core.codec import Codec
 from oscar_core.errors import BitstreamError
 
 from . import storage
-from .worker import pick_device, ray_gpu_ids
+from .placement import pick_device, ray_gpu_ids
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any
 
 from oscar_core import Rate
 from oscar_core.codec import DEFAULT_MAX_PIXELS
+from oscar_core.target import Target
 
 from .samples import DEFAULT_MAX_MEMBER_BYTES
 
@@ -50,6 +51,7 @@ class EncodeJob:
     model_dir: str
     rate: str | int | float | None = None  # as the user wrote it: ladder index or bpp
     rates_file: str | None = None
+    target: str | None = None  # instead of rate: "psnr>=30", per image the lowest rate meeting it
     batch_size: int = 8
     max_retries: int = 3
     backoff_s: float = 1.0  # first retry delay; doubles per attempt
@@ -97,7 +99,7 @@ class ShardDefinition:
     """What one shard's output depends on, stored in its stats JSON (the done marker).
 
     A re-run skips a done shard only when the job asks for the same definition; a different
-    one stops the job before any work (``runner.check_done_definitions``) unless
+    one stops the job before any work (``outputs.check_done_definitions``) unless
     ``--overwrite``. Not in it: what cannot change a row (batch size, workers, retries).
     """
 
@@ -105,10 +107,11 @@ class ShardDefinition:
     codec_version: str  # oscar_core.CODEC_VERSION
     bitstream_version: int  # oscar_core.bitstream.VERSION
     schema_version: str  # parquet.SCHEMA_VERSION
-    rate_index: int
-    nominal_bpp: float
+    rate_index: int | None  # None: a quality-targeted shard (the rate is per image)
+    nominal_bpp: float | None
     max_pixels: int  # decides which images are error rows
     precision: str  # fp32 / bf16: different pixels, different indices
+    target: str | None = None  # "psnr>=30" (oscar_core.target.Target)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,8 +134,11 @@ class EncodeTask:
     name: str  # output stem
     parquet_url: str
     stats_url: str
-    rate: Rate  # from the job's RatePlan, on the ladder of the model the worker loads
+    # from the job's RatePlan, on the ladder of the model the worker loads: every image at
+    # ``rate``, or (``target`` set, ``rate`` None) each at the lowest rate meeting the target
+    rate: Rate | None
     definition: ShardDefinition | None = None  # recorded in the stats JSON
+    target: Target | None = None
     attempt: int = 1
 
 
@@ -166,8 +172,8 @@ class ShardResult:
     shard: str  # input URL
     name: str  # output name (file stem)
     parquet: str  # output URL
-    rate_index: int
-    nominal_bpp: float
+    rate_index: int | None  # None: quality-targeted (the rows hold each image's rate)
+    nominal_bpp: float | None
     samples: int = 0  # rows written (ok + error)
     ok: int = 0
     errors: int = 0
@@ -184,6 +190,8 @@ class ShardResult:
     error_kinds: dict[str, int] = field(default_factory=dict)  # message -> count
     finished_at: str = ""
     definition: dict[str, Any] | None = None  # ShardDefinition.to_dict() of the job
+    target: str | None = None  # "psnr>=30": quality-targeted
+    target_met: int = 0  # ok images that met the target
 
     @property
     def images_done(self) -> int:

@@ -39,7 +39,7 @@ from oscar_core.codec import Codec
 
 from . import storage
 from .archive import RowOutcome, decode_rows, load_codec
-from .parquet import check_schema
+from .parquet import iter_row_batches
 
 # The columns yielded as metadata (besides the decoded image); ``metadata`` is parsed JSON.
 META_COLUMNS = (
@@ -196,14 +196,8 @@ class ArchiveDataset(IterableDataset):
 
 def iter_unit(unit: Unit, batch_rows: int) -> Iterator[list[dict[str, Any]]]:
     """Stream one unit's rows, ``batch_rows`` row dicts at a time."""
-    with storage.open_seekable(unit.url) as f:
-        pf = pq.ParquetFile(f)
-        check_schema(pf.schema_arrow, unit.url)
-        groups = None if unit.row_group is None else [unit.row_group]
-        for batch in pf.iter_batches(
-            batch_size=batch_rows, row_groups=groups, columns=_READ_COLUMNS
-        ):
-            yield batch.to_pylist()
+    groups = None if unit.row_group is None else [unit.row_group]
+    yield from iter_row_batches(unit.url, _READ_COLUMNS, batch_rows, groups)
 
 
 def item(out: RowOutcome) -> tuple[str, torch.Tensor, dict[str, Any]]:

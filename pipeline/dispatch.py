@@ -120,7 +120,7 @@ def plan_actors(res: Resources, n_tasks: int) -> tuple[int, dict[str, float], in
     return n, {"num_cpus": cpw, "num_gpus": gpw}, cpw
 
 
-def _actor_error(exc: Exception) -> str:
+def actor_error(exc: Exception) -> str:
     """One line for a dead actor: when its ``__init__`` raised, that exception (the last
     line of Ray's message, after the traceback), else the first line of Ray's message."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
@@ -167,7 +167,7 @@ def run_tasks(
             workers = ray.get([a.describe.remote() for a in actors])
         except RayActorError as exc:
             log.info("a worker failed to start: %s", exc)  # with the actor's traceback (-v)
-            raise WorkersFailedToStart(f"workers failed to start: {_actor_error(exc)}") from None
+            raise WorkersFailedToStart(f"workers failed to start: {actor_error(exc)}") from None
         while pending or delayed or inflight:
             while delayed and delayed[0][0] <= time.monotonic():
                 pending.append(heapq.heappop(delayed)[2])
@@ -185,7 +185,7 @@ def run_tasks(
                 try:
                     result = ray.get(ref)
                 except RayActorError as exc:  # the process died: OOM kill, segfault, node lost
-                    error = f"worker died: {_actor_error(exc)}"
+                    error = f"worker died: {actor_error(exc)}"
                     ray.kill(actors[slot], no_restart=True)
                     actors[slot] = make_actor()
                     replacements.append((actors[slot].describe.remote(), error))

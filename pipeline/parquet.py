@@ -14,11 +14,14 @@ the writer's buffer.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from oscar_core.target import Outcome, Target, TargetResult
 
 from . import storage
 from .samples import name_from_bytes
@@ -26,10 +29,18 @@ from .samples import name_from_bytes
 log = logging.getLogger(__name__)
 
 # 2: ``key_bytes`` (exact key bytes) and ``image_field`` (which field held the image)
-SCHEMA_VERSION = "2"
+# 3: the ``target*`` columns of quality-targeted encoding (null for a fixed-rate shard)
+SCHEMA_VERSION = "3"
 ROW_GROUP_ROWS = 4096
 ROW_GROUP_BYTES = 64 << 20
 
+TRIAL = pa.struct(
+    [
+        pa.field("rate_index", pa.int8()),
+        pa.field("bytes", pa.int32()),
+        pa.field("value", pa.float64()),
+    ]
+)
 SCHEMA = pa.schema(
     [
         # WebDataset key (member path up to the first dot of its basename) as UTF-8 text,
@@ -59,10 +70,22 @@ SCHEMA = pa.schema(
         pa.field("codec_version", pa.string()),
         pa.field("metadata", pa.string()),  # JSON object: the other fields (samples.metadata_json)
         pa.field("encode_ms", pa.float32()),  # model time per image (batch time / batch)
+        # Quality-targeted encoding (``--target``; all null at a fixed rate): the target as
+        # written ("psnr>=30"), the value the chosen stream's decoded image reached, the rates
+        # tried (each an encode + decode + metric), whether it met the target (false: the top
+        # rate and even it misses), and every trial (rate, stream bytes, value)
+        pa.field("target", pa.string()),
+        pa.field("target_value", pa.float64()),
+        pa.field("target_trials", pa.int8()),
+        pa.field("target_met", pa.bool_()),
+        pa.field("target_tried", pa.list_(TRIAL)),
     ],
     metadata={"oscar.schema_version": SCHEMA_VERSION},
 )
 COLUMNS = tuple(SCHEMA.names)
+# Columns a reader may find missing: added after files were written (schema 2 lacks them);
+# such a file still decodes
+ADDED_IN_3 = ("target", "target_value", "target_trials", "target_met", "target_tried")
 
 
 class ShardParquetWriter:
@@ -115,10 +138,51 @@ class ShardParquetWriter:
         self.close()
 
 
+def target_columns(target: Target, found: TargetResult) -> dict[str, Any]:
+    """The ``target*`` columns of one targeted row (NaN, e.g. MS-SSIM of a tiny image: null)."""
+
+    def value(v: float) -> float | None:
+        return None if math.isnan(v) else v
+
+    return {
+        "target": str(target),
+        "target_value": value(found.achieved),
+        "target_trials": found.trials,
+        "target_met": found.met,
+        "target_tried": [
+            {"rate_index": r, "bytes": n, "value": value(v)} for r, (n, v) in found.tried.items()
+        ],
+    }
+
+
+def target_outcomes(url: str) -> dict[str, list[Outcome]]:
+    """target -> its ok rows' ``Outcome`` in one shard Parquet (seven small columns, a row
+    group at a time, never the bitstreams); {} for a fixed-rate shard or a schema 2 file."""
+    with storage.open_seekable(url) as f:  # the footer only
+        if pq.ParquetFile(f).schema_arrow.get_field_index("target") < 0:
+            return {}
+    cols = ["status", "rate_index", "width", "height", "target", "target_met", "target_tried"]
+    out: dict[str, list[Outcome]] = {}
+    for rows in iter_row_batches(url, columns=cols):
+        for row in rows:
+            if row["status"] != "ok" or row["target"] is None:
+                continue
+            tried = {
+                t["rate_index"]: (t["bytes"], math.nan if t["value"] is None else t["value"])
+                for t in row["target_tried"]
+            }
+            pixels = row["width"] * row["height"]
+            outcome = Outcome(row["rate_index"], row["target_met"], tried, pixels)
+            out.setdefault(row["target"], []).append(outcome)
+    return out
+
+
 def check_schema(schema: pa.Schema, url: str) -> None:
     """Raise ValueError unless ``schema`` has every column of ours with the same type."""
     for name in COLUMNS:
         idx = schema.get_field_index(name)
+        if idx < 0 and name in ADDED_IN_3:
+            continue
         if idx < 0:
             raise ValueError(f"{url}: not an OSCAR shard Parquet (missing column {name!r})")
         if not schema.field(idx).type.equals(SCHEMA.field(name).type):
@@ -129,14 +193,26 @@ def check_schema(schema: pa.Schema, url: str) -> None:
 
 
 def iter_row_batches(
-    url: str, columns: list[str] | None = None, batch_rows: int = 256
+    url: str,
+    columns: list[str] | None = None,
+    batch_rows: int = 256,
+    row_groups: list[int] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Stream a shard Parquet as lists of row dicts (bounded memory: ``batch_rows`` rows)."""
-    with storage.local_copy(url) as path:  # Parquet readers seek to the footer
-        pf = pq.ParquetFile(path)
+    """Stream a shard Parquet (all row groups, or ``row_groups``) as lists of row dicts,
+    ``batch_rows`` at most, a batch never spanning two row groups.
+
+    Never the whole file, in memory or on disk: ``storage.open_seekable`` fetches the footer,
+    then each row group in turn (on S3 one ranged GET of its ``columns``' chunks). Memory:
+    one row group (at most ``ROW_GROUP_ROWS`` rows, ~``ROW_GROUP_BYTES``) plus a batch.
+    Why one ``iter_batches`` call per row group: given them all, pyarrow (``pre_buffer``,
+    its default) reads every row group's chunks up front, i.e. the whole file.
+    """
+    with storage.open_seekable(url) as f:
+        pf = pq.ParquetFile(f)
         check_schema(pf.schema_arrow, url)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-            yield batch.to_pylist()
+        for group in range(pf.num_row_groups) if row_groups is None else row_groups:
+            for batch in pf.iter_batches(batch_rows, row_groups=[group], columns=columns):
+                yield batch.to_pylist()
 
 
 def row_key(row: dict[str, Any]) -> str:
@@ -147,9 +223,10 @@ def row_key(row: dict[str, Any]) -> str:
 
 
 def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
-    """A whole shard Parquet as a pyarrow Table (for tests, reports and small shards)."""
-    with storage.local_copy(url) as path:  # Parquet readers seek to the footer
-        table = pq.read_table(path, columns=columns)
+    """A whole shard Parquet as a pyarrow Table (for tests, reports and small shards), read
+    by ranges like ``iter_row_batches`` (no local copy)."""
+    with storage.open_seekable(url) as f:
+        table = pq.ParquetFile(f).read(columns=columns)
     if columns is None:
         check_schema(table.schema, url)
     return table

@@ -24,6 +24,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Any
 
 from oscar_core.metrics import ms_ssim, psnr
@@ -31,9 +32,11 @@ from oscar_core.metrics import ms_ssim, psnr
 from . import storage
 from .contract import EncodeJob, QualityTask, Resources, ShardQuality, WorkerConfig
 from .dispatch import check_resources, execute, ray_session
+from .outputs import JOB_CONFIG, join
 from .parquet import read_table
-from .report import STATS_SUFFIX, now_iso, read_json, read_stats, recompress_markdown, write_json
-from .runner import JOB_CONFIG, join, run_encode
+from .recompress_report import recompress_markdown
+from .report import STATS_SUFFIX, now_iso, read_json, read_stats, write_json
+from .runner import run_encode
 from .samples import (
     IMAGE_EXTS,
     SampleError,
@@ -247,7 +250,7 @@ def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE)
         "finished_at": now_iso(),
         "quality_sample": quality_sample,
         "ms_ssim_available": _has_msssim(),
-        "encode": {"shards": encode["shards"], "summary": encode["summary"]},
+        "encode": {"shards": asdict(encode.shards), "summary": asdict(encode.summary)},
         "totals": totals,
         "per_shard": rows,
         "quality_samples": {n: q.samples for n, q in sorted(quality.items())},
@@ -255,7 +258,7 @@ def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE)
             [n, k, why] for n, q in sorted(quality.items()) for k, why in q.failures
         ]
         + [[t.name, "*", e] for t, e in quality_failed],
-        "failed": encode["failed"],
+        "failed": encode.failed,
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(join(job.out, REPORT_STEM + ".json"), report)

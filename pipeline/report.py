@@ -2,10 +2,11 @@
 
 A ``ShardResult`` (``contract.py``) is what ``ShardWorker.encode_shard`` returns and what is
 written, last, as ``<name>.stats.json`` next to the shard's Parquet: its existence means the
-shard is done. The job report of encode-shards / decode-shards sums the shard results, the
-recompress report adds bytes before/after and quality; each is written as JSON for tools
-and markdown for people, and recompress's per-shard table is also printed as plain text
-(byte counts in decimal units).
+shard is done. The job report of encode-shards / decode-shards (``EncodeReport`` /
+``DecodeReport``: what ``run_encode`` / ``run_decode`` return) sums the shard results, the
+recompress report adds bytes before/after and quality (``recompress_report.py``); each is
+written as JSON for tools (``to_dict``: the dataclasses' fields are the JSON's keys, in
+order) and markdown for people.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, Self, TypeVar
+
+from oscar_core.target import Outcome, TargetSummary
 
 from . import storage
 from .contract import (
@@ -25,6 +29,7 @@ from .contract import (
     DecodeResult,
     ShardResult,
 )
+from .parquet import target_outcomes
 
 STATS_SUFFIX = ".stats.json"
 FAILED_SUFFIX = ".failed.json"
@@ -73,11 +78,180 @@ def read_notes(url: str) -> list[DecodeNote]:
 # ------------------------------------------------------------------------ job report
 
 
+@dataclass
+class EncodeSummary:
+    """Totals over an encode's shard results (also ``oscar status``'s totals)."""
+
+    shards: int
+    images: int  # every sample, ok or error
+    images_ok: int
+    images_error: int
+    source_bytes: int
+    bitstream_bytes: int
+    ratio: float | None  # source bytes / bitstream bytes
+    mean_bpp: float | None
+    wall_seconds: float
+    images_per_s: float | None  # every sample (ok or error) per wall second
+    model_images_per_s_per_worker: float | None
+    nodes: int  # Ray nodes the shards ran on (node ids from describe(); 0 outside Ray)
+    error_kinds: dict[str, int]  # the most common sample errors -> count
+
+
+@dataclass
+class DecodeSummary:
+    """Totals over a decode's shard results."""
+
+    parquets: int
+    rows: int
+    images_decoded: int
+    rows_skipped_error: int  # error rows of encode: nothing to decode
+    failures: int  # rows whose decode or write failed
+    fallbacks: int  # images written as PNG where the format could not hold them
+    renamed: int  # images renamed to spare a carried field
+    bytes_out: int
+    wall_seconds: float
+    images_per_s: float | None
+
+
+@dataclass
+class EncodeShards:
+    """What became of an encode job's shards."""
+
+    total: int
+    done_before: int  # done by an earlier run as this job asks: skipped
+    processed: int
+    failed: int  # failed every retry
+    not_run: int  # pending beyond the job's ``limit``
+
+
+@dataclass
+class DecodeShards:
+    """What became of a decode job's Parquets."""
+
+    total: int
+    processed: int
+    failed: int
+
+
+@dataclass
+class EncodeShardLine:
+    """One processed shard in the encode report."""
+
+    shard: str
+    rate: int | str  # the ladder index, or the quality target ("psnr>=30")
+    images: int
+    errors: int
+    seconds: float
+    images_per_s: float | None
+    attempt: int
+    worker: str  # "pid <pid> <device>"
+
+    @classmethod
+    def of(cls, r: ShardResult) -> EncodeShardLine:
+        per_s = round(r.samples / r.seconds, 1) if r.seconds else None
+        worker = f"pid {r.worker.get('pid')} {r.worker.get('device')}"
+        seconds = round(r.seconds, 2)
+        rate = r.rate_index if r.target is None else r.target
+        return cls(r.name, rate, r.samples, r.errors, seconds, per_s, r.attempt, worker)
+
+
+@dataclass
+class DecodeShardLine:
+    """One processed Parquet in the decode report."""
+
+    parquet: str
+    rows: int
+    decoded: int
+    failures: int
+    fallbacks: int
+    renamed: int
+    seconds: float
+
+    @classmethod
+    def of(cls, r: DecodeResult) -> DecodeShardLine:
+        fallbacks, renamed = len(r.notes_of(NOTE_FALLBACK)), len(r.notes_of(NOTE_RENAMED))
+        failures, seconds = len(r.failures), round(r.seconds, 2)
+        return cls(r.name, r.rows, r.decoded, failures, fallbacks, renamed, seconds)
+
+
+Shards = TypeVar("Shards", EncodeShards, DecodeShards)
+Summary = TypeVar("Summary", EncodeSummary, DecodeSummary)
+Line = TypeVar("Line", EncodeShardLine, DecodeShardLine)
+
+
+@dataclass(kw_only=True)
+class JobReport(Generic[Shards, Summary, Line]):
+    """What every shard job reports: where, when, what became of its shards, totals, a line
+    per processed shard, the shards given up, the workers."""
+
+    command: str
+    out: str
+    started_at: str
+    finished_at: str
+    shards: Shards
+    summary: Summary
+    per_shard: list[Line]  # in name order
+    failed: list[list[Any]]  # [name, attempts, error] per shard that failed every retry
+    workers: list[dict[str, Any]]  # each worker's ``ShardWorker.describe()``
+
+    @classmethod
+    def finish(
+        cls,
+        out: str,
+        started_at: str,
+        failures: list[tuple[Any, str]],
+        workers: list[dict[str, Any]],
+        **fields: Any,
+    ) -> Self:
+        """The report of a run that ends now; ``failures``: (task, error) per shard given up,
+        ``fields``: the rest."""
+        failed = [[t.name, t.attempt, e] for t, e in failures]
+        return cls(
+            out=out,
+            started_at=started_at,
+            finished_at=now_iso(),
+            failed=failed,
+            workers=workers,
+            **fields,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (``job_report.json``): the fields, nested dataclasses as dicts."""
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class EncodeReport(JobReport[EncodeShards, EncodeSummary, EncodeShardLine]):
+    """``run_encode``'s report (``job_report.json`` / ``.md``)."""
+
+    command: str = "encode-shards"
+    # one per quality target, over every done shard of the job; empty at fixed rates (then
+    # not in the JSON document either)
+    targets: list[TargetSummary] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        document = super().to_dict()
+        document.pop("targets")
+        if self.targets:
+            document["targets"] = [t.to_dict() for t in self.targets]
+        return document
+
+
+@dataclass(kw_only=True)
+class DecodeReport(JobReport[DecodeShards, DecodeSummary, DecodeShardLine]):
+    """``run_decode``'s report (``decode_report.json`` / ``.md``), with the rows not written
+    as asked (the first 1000 of each kind; every one is in its Parquet's ``<name>.errors``)."""
+
+    command: str = "decode-shards"
+    row_failures: list[list[str]]  # [parquet, key, why]
+    row_notes: list[list[str]]  # [parquet, key, kind, reason]: fallbacks and renames
+
+
 def _rate(num: float, den: float) -> float | None:
     return round(num / den, 3) if den else None
 
 
-def encode_summary(results: list[ShardResult], wall_seconds: float) -> dict[str, Any]:
+def encode_summary(results: list[ShardResult], wall_seconds: float) -> EncodeSummary:
     """Totals over shard results; throughput counts every sample (ok or error) per second."""
     samples = sum(r.samples for r in results)
     src = sum(r.source_bytes for r in results)
@@ -86,168 +260,108 @@ def encode_summary(results: list[ShardResult], wall_seconds: float) -> dict[str,
     errors: Counter[str] = Counter()
     for r in results:
         errors.update(r.error_kinds)
-    return {
-        "shards": len(results),
-        "images": samples,
-        "images_ok": sum(r.ok for r in results),
-        "images_error": sum(r.errors for r in results),
-        "source_bytes": src,
-        "bitstream_bytes": out,
-        "ratio": _rate(src, out),
-        "mean_bpp": round(8 * out / pixels, 5) if pixels else None,
-        "wall_seconds": round(wall_seconds, 3),
-        "images_per_s": _rate(samples, wall_seconds),
-        "model_images_per_s_per_worker": _rate(samples, sum(r.model_seconds for r in results)),
-        # Ray nodes the shards ran on (node ids from the workers' describe(); 0 outside Ray)
-        "nodes": len({r.worker.get("node_id") for r in results} - {None}),
-        "error_kinds": dict(errors.most_common(MAX_ERROR_KINDS)),
-    }
+    return EncodeSummary(
+        shards=len(results),
+        images=samples,
+        images_ok=sum(r.ok for r in results),
+        images_error=sum(r.errors for r in results),
+        source_bytes=src,
+        bitstream_bytes=out,
+        ratio=_rate(src, out),
+        mean_bpp=round(8 * out / pixels, 5) if pixels else None,
+        wall_seconds=round(wall_seconds, 3),
+        images_per_s=_rate(samples, wall_seconds),
+        model_images_per_s_per_worker=_rate(samples, sum(r.model_seconds for r in results)),
+        nodes=len({r.worker.get("node_id") for r in results} - {None}),
+        error_kinds=dict(errors.most_common(MAX_ERROR_KINDS)),
+    )
 
 
-def decode_summary(results: list[DecodeResult], wall_seconds: float) -> dict[str, Any]:
+def target_report(parquets: list[str]) -> list[TargetSummary]:
+    """One ``TargetSummary`` per quality target over the rows of ``parquets``: the rates
+    chosen, how many met it, the trials, and the bytes against one rate for all images."""
+    by_target: dict[str, list[Outcome]] = {}
+    for url in parquets:
+        for target, outcomes in target_outcomes(url).items():
+            by_target.setdefault(target, []).extend(outcomes)
+    return [TargetSummary.of(t, o) for t, o in sorted(by_target.items())]
+
+
+def decode_summary(results: list[DecodeResult], wall_seconds: float) -> DecodeSummary:
     decoded = sum(r.decoded for r in results)
-    return {
-        "parquets": len(results),
-        "rows": sum(r.rows for r in results),
-        "images_decoded": decoded,
-        "rows_skipped_error": sum(r.skipped_error_rows for r in results),
-        "failures": sum(len(r.notes_of(NOTE_ERROR)) for r in results),
-        "fallbacks": sum(len(r.notes_of(NOTE_FALLBACK)) for r in results),
-        "renamed": sum(len(r.notes_of(NOTE_RENAMED)) for r in results),
-        "bytes_out": sum(r.bytes_out for r in results),
-        "wall_seconds": round(wall_seconds, 3),
-        "images_per_s": _rate(decoded, wall_seconds),
-    }
+    return DecodeSummary(
+        parquets=len(results),
+        rows=sum(r.rows for r in results),
+        images_decoded=decoded,
+        rows_skipped_error=sum(r.skipped_error_rows for r in results),
+        failures=sum(len(r.notes_of(NOTE_ERROR)) for r in results),
+        fallbacks=sum(len(r.notes_of(NOTE_FALLBACK)) for r in results),
+        renamed=sum(len(r.notes_of(NOTE_RENAMED)) for r in results),
+        bytes_out=sum(r.bytes_out for r in results),
+        wall_seconds=round(wall_seconds, 3),
+        images_per_s=_rate(decoded, wall_seconds),
+    )
 
 
-def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+def md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    """A markdown table's lines."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return lines
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    """The job report for people: summary, failures, then one line per shard."""
+    """The job report for people (from its JSON document): summary, failures, then one line
+    per shard."""
     s = report["summary"]
     lines = [f"# {report['command']} report", "", f"- output: `{report['out']}`"]
     lines += [f"- started {report['started_at']}, finished {report['finished_at']}"]
     shards = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["shards"].items())
     lines += [f"- shards: {shards}", ""]
-    lines += _md_table(["metric", "value"], [[k, v] for k, v in s.items() if k != "error_kinds"])
+    lines += md_table(["metric", "value"], [[k, v] for k, v in s.items() if k != "error_kinds"])
     if s.get("error_kinds"):
         lines += ["", "## Sample errors", ""]
-        lines += _md_table(["reason", "count"], [[k, v] for k, v in s["error_kinds"].items()])
+        lines += md_table(["reason", "count"], [[k, v] for k, v in s["error_kinds"].items()])
     if report.get("failed"):
         lines += ["", "## Failed shards (retried, then given up)", ""]
-        lines += _md_table(["shard", "attempts", "error"], report["failed"])
+        lines += md_table(["shard", "attempts", "error"], report["failed"])
+    if report.get("targets"):
+        lines += ["", "## Quality targets", ""]
+        lines += md_table(
+            [
+                "target",
+                "images",
+                "met",
+                "rates chosen",
+                "trials/image",
+                "bytes",
+                "one rate for all",
+                "saved",
+            ],
+            [_target_row(t) for t in report["targets"]],
+        )
     per = report.get("per_shard", [])
     if per:
         lines += ["", "## Per shard", ""]
         headers = list(per[0])
-        lines += _md_table(headers, [[p[h] for h in headers] for p in per])
+        lines += md_table(headers, [[p[h] for h in headers] for p in per])
     return "\n".join(lines) + "\n"
 
 
-def write_job_report(out: str, report: dict[str, Any], stem: str = "job_report") -> str:
+def _target_row(t: dict[str, Any]) -> list[Any]:
+    single = t["single_rate"] or {}
+    alone = f"rate {single.get('rate_index')}: {single.get('bytes')}" if single else "-"
+    if single.get("estimated"):
+        alone += f" ({single['estimated']} images estimated)"
+    saved = "-" if t["saving"] is None else f"{100 * t['saving']:.1f}%"
+    rates = ", ".join(f"{k}: {v}" for k, v in t["rates"].items())
+    return [t["target"], t["images"], t["met"], rates, t["mean_trials"], t["bytes"], alone, saved]
+
+
+def write_job_report(out: str, report: JobReport, stem: str = "job_report") -> str:
     """Write ``<out>/<stem>.json`` and ``.md``; returns the JSON URL."""
     base = out.rstrip("/") + "/" + stem
-    write_json(base + ".json", report)
-    storage.atomic_put(base + ".md", report_markdown(report).encode())
+    document = report.to_dict()
+    write_json(base + ".json", document)
+    storage.atomic_put(base + ".md", report_markdown(document).encode())
     return base + ".json"
-
-
-# ---------------------------------------------------------------- recompress report
-
-
-def human_bytes(n: int | None) -> str:
-    """1234567 -> "1.23 MB" (decimal units, 3 significant digits)."""
-    if n is None:
-        return "-"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n} B"
-
-
-def _num(v: Any, fmt: str) -> str:
-    return "-" if v is None else format(v, fmt)
-
-
-TABLE_HEADERS = [
-    "shard",
-    "rate",
-    "images",
-    "errors",
-    "tar",
-    "parquet",
-    "images",
-    "bitstreams",
-    "ratio",
-    "bpp",
-    "PSNR dB",
-    "MS-SSIM",
-    "n",
-]
-
-
-def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    """One row per shard, then the total row (strings, ready to print)."""
-
-    def row(name: str, r: dict[str, Any]) -> list[str]:
-        return [
-            name,
-            str(r.get("rate", "")),
-            str(r["images"]),
-            str(r["errors"]),
-            human_bytes(r["tar_bytes"]),
-            human_bytes(r["parquet_bytes"]),
-            human_bytes(r["image_bytes"]),
-            human_bytes(r["bitstream_bytes"]),
-            _num(r["ratio"], ".1f"),
-            _num(r["bpp"], ".4f"),
-            _num(r["psnr"], ".2f"),
-            _num(r["ms_ssim"], ".4f"),
-            str(r["quality_n"]),
-        ]
-
-    return [row(r["shard"], r) for r in report["per_shard"]] + [row("total", report["totals"])]
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The per-shard table as aligned plain text (what the command prints)."""
-    rows = [TABLE_HEADERS, *table_rows(report)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADERS))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in rows
-    ]
-    return "\n".join(lines)
-
-
-def recompress_markdown(report: dict[str, Any]) -> str:
-    """The recompress report for people: totals, the per-shard table, failures."""
-    t = report["totals"]
-    lines = ["# recompress report", "", f"- output: `{report['out']}`"]
-    lines += [f"- finished {report['finished_at']}, {report['wall_seconds']} s"]
-    lines += [
-        f"- {t['shards']} shards, {t['images']} images ({t['errors']} errors): "
-        f"{human_bytes(t['tar_bytes'])} of tars -> {human_bytes(t['parquet_bytes'])} of Parquet "
-        f"(saved {human_bytes(t['saved_bytes'])}); image fields {human_bytes(t['image_bytes'])} -> "
-        f"bitstreams {human_bytes(t['bitstream_bytes'])} (ratio {t['ratio']}), {t['bpp']} bpp"
-    ]
-    lines += [
-        f"- quality on {t['quality_n']} sampled images ({report['quality_sample']} per shard, "
-        f"spread evenly): PSNR {t['psnr']} dB, MS-SSIM {t['ms_ssim']}"
-        + ("" if report["ms_ssim_available"] else " (pytorch_msssim not installed)"),
-        "",
-    ]
-    lines += _md_table(TABLE_HEADERS, table_rows(report))
-    if report["quality_failures"]:
-        lines += ["", "## Quality samples that could not be compared", ""]
-        lines += _md_table(["shard", "key", "why"], report["quality_failures"])
-    if report["failed"]:
-        lines += ["", "## Failed shards (not in the table)", ""]
-        lines += [f"- {n} after {a} attempts: {e}" for n, a, e in report["failed"]]
-    return "\n".join(lines) + "\n"

@@ -2,7 +2,6 @@
 
     run_encode(EncodeJob)   tar shards -> <out>/<name>.parquet + <name>.stats.json
     run_decode(DecodeJob)   Parquets   -> <out>/<name>.tar (or <out>/<name>/<key>.<ext>)
-    collect_status(out)     done / failed / pending shards of an encode output
 
 Steps of a run: 1. validate everything (model dir, rates, shard list, output names, that the
 output is writable, that shards already done were done as this job asks: same
@@ -12,33 +11,21 @@ exists; 4. start ``ShardWorker`` actors on Ray (a local instance bound to 127.0.
 an address is given); 5. hand out shards, retrying a failed one with exponential backoff and
 replacing an actor that died; 6. write the report.
 
-Output layout (``<out>`` is a local directory or an s3 prefix)::
-
-    job_config.json          the resolved job (shards, rates, settings; no credentials)
-    <name>.parquet           one row per sample (see parquet.py)
-    <name>.stats.json        written last: the shard is done
-    <name>.failed.json       the shard failed every retry (removed when it later succeeds)
-    job_report.json / .md    the last run's report
-
-and of a decode: ``<name>.tar`` (or ``<name>/<key>.<ext>``), ``<name>.errors`` (the rows
-not written as asked, JSON lines; only when there are any), ``decode_report.json / .md``.
+The output's layout, names and done markers: ``outputs.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any
 
 from oscar_core import CODEC_VERSION, OscarConfig, OscarModel, Rate
-from oscar_core.bitstream import VERSION as BITSTREAM_VERSION
-from oscar_core.config import CONFIG_NAME, WEIGHTS_NAME
+from oscar_core.config import WEIGHTS_NAME
 
 from . import storage
 from .contract import (
@@ -49,52 +36,39 @@ from .contract import (
     EncodeJob,
     EncodeTask,
     Resources,
-    ShardDefinition,
     ShardResult,
     WorkerConfig,
 )
 from .dispatch import check_resources, execute
-from .parquet import SCHEMA_VERSION
-from .rates import RatePlan, shard_name
+from .outputs import (
+    JOB_CONFIG,
+    check_done_definitions,
+    join,
+    model_sha256,
+    shard_definitions,
+    unique_names,
+)
+from .rates import RatePlan, chosen_dict
 from .report import (
     ERRORS_SUFFIX,
     FAILED_SUFFIX,
     STATS_SUFFIX,
+    DecodeReport,
+    DecodeShardLine,
+    DecodeShards,
+    EncodeReport,
+    EncodeShardLine,
+    EncodeShards,
     decode_summary,
     encode_summary,
     now_iso,
-    read_json,
-    read_stats,
+    target_report,
     write_job_report,
     write_json,
 )
 from .sinks import FORMATS
 
 log = logging.getLogger(__name__)
-
-JOB_CONFIG = "job_config.json"
-_SHARD_EXT = re.compile(r"\.(tar(\.(gz|bz2|xz|zst))?|tgz|parquet)$")
-
-
-def join(out: str, name: str) -> str:
-    return out.rstrip("/") + "/" + name
-
-
-def output_name(url: str) -> str:
-    """``s3://b/in/shard-000001.tar`` -> ``shard-000001`` (the stem of every output)."""
-    return _SHARD_EXT.sub("", shard_name(url))
-
-
-def unique_names(urls: list[str]) -> dict[str, str]:
-    """url -> output name; ValueError when two inputs would write the same outputs."""
-    names: dict[str, str] = {}
-    for url in urls:
-        name = output_name(url)
-        if name in names.values():
-            other = next(u for u, n in names.items() if n == name)
-            raise ValueError(f"{url} and {other} would both write outputs named {name!r}")
-        names[url] = name
-    return names
 
 
 def _check_positive(**values: float | None) -> None:
@@ -118,47 +92,6 @@ def _check_model(model_dir: str) -> tuple[OscarConfig, str]:
     if not os.path.isfile(os.path.join(model_dir, WEIGHTS_NAME)):
         raise FileNotFoundError(f"model directory {model_dir}: missing {WEIGHTS_NAME}")
     return config, model_dir
-
-
-def model_sha256(local_dir: str) -> str:
-    """SHA-256 over a model directory's config.json and model.safetensors (name, size,
-    bytes). Why not the model id: that needs the weights loaded (minutes and GBs for
-    oscar-sd21, on the driver); hashing the files takes seconds and changes with them."""
-    h = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        path = os.path.join(local_dir, name)
-        h.update(f"{name}\0{os.path.getsize(path)}\0".encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def check_done_definitions(done: dict[str, str], asked: dict[str, ShardDefinition]) -> None:
-    """ValueError (one line) when a done shard's stats JSON records another definition than
-    the job asks for it. ``done``: shard URL -> its stats URL; ``asked``: shard URL -> def."""
-
-    def recorded_definition(url: str) -> dict[str, Any] | None:
-        try:
-            return read_stats(done[url]).definition
-        except ValueError as exc:  # not JSON, not an object of ours
-            raise ValueError(f"{done[url]}: unreadable stats JSON: {exc}") from None
-
-    urls = sorted(done)
-    with ThreadPoolExecutor(16) as pool:  # small GETs: latency bound
-        recorded = list(pool.map(recorded_definition, urls))
-    differ = [
-        (u, diff)
-        for u, rec in zip(urls, recorded, strict=True)
-        if (diff := asked[u].differences(rec))
-    ]
-    if differ:
-        url, diff = differ[0]
-        more = f" (and {len(differ) - 1} more done shards differ)" if len(differ) > 1 else ""
-        raise ValueError(
-            f"{done[url]}: shard {output_name(url)} was done with another definition: "
-            f"{'; '.join(diff)}{more}; pass --overwrite to redo, or write to another --out"
-        )
 
 
 def _dispatch(job: EncodeJob | DecodeJob, tasks: list, method: str, res: Resources) -> tuple:
@@ -189,26 +122,7 @@ def _remove_stale_temps(urls: Iterable[str]) -> None:
             log.info("removed %s, left by a killed writer", stale)
 
 
-def shard_definitions(
-    job: EncodeJob, model_digest: str, rates: dict[str, Rate]
-) -> dict[str, ShardDefinition]:
-    """shard URL -> what its output will depend on (``contract.ShardDefinition``)."""
-    return {
-        url: ShardDefinition(
-            model_sha256=model_digest,
-            codec_version=CODEC_VERSION,
-            bitstream_version=BITSTREAM_VERSION,
-            schema_version=SCHEMA_VERSION,
-            rate_index=rate.index,
-            nominal_bpp=rate.nominal_bpp,
-            max_pixels=job.max_pixels,
-            precision=job.precision,
-        )
-        for url, rate in rates.items()
-    }
-
-
-def run_encode(job: EncodeJob) -> dict[str, Any]:
+def run_encode(job: EncodeJob) -> EncodeReport:
     """Encode every shard of ``job.src`` not yet done; returns the job report."""
     t0, started_at = time.perf_counter(), now_iso()
     res = job.resources or Resources()
@@ -217,7 +131,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
     check_resources(res)  # workers >= 1, 0 <= gpus_per_worker <= 1
     _check_positive(max_pixels=job.max_pixels)
     model_config, local_model = _check_model(job.model_dir)
-    plan = RatePlan.build(model_config.rate_ladder(), job.rate, job.rates_file)
+    plan = RatePlan.build(model_config.rate_ladder(), job.rate, job.rates_file, job.target)
     shards = storage.expand_shards(job.src)
     names = unique_names(shards)
     rates = plan.resolve_all(shards)
@@ -238,7 +152,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
         "model_dir": job.model_dir if "://" in job.model_dir else os.path.abspath(job.model_dir),
         "model_name": model_config.name,
         "rate_plan": plan.to_dict(),
-        "shards": [{"url": u, "name": names[u], "rate_index": rates[u].index} for u in shards],
+        "shards": [{"url": u, "name": names[u], **chosen_dict(rates[u])} for u in shards],
         "settings": {
             "batch_size": job.batch_size,
             "max_retries": job.max_retries,
@@ -268,8 +182,9 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
             name=names[u],
             parquet_url=join(job.out, names[u] + ".parquet"),
             stats_url=stats[u],
-            rate=rates[u],
+            rate=rates[u] if isinstance(rates[u], Rate) else None,
             definition=definitions[u],
+            target=None if isinstance(rates[u], Rate) else rates[u],
         )
         for u in todo
     ]
@@ -289,35 +204,26 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
         if join(job.out, r.name + FAILED_SUFFIX) in existing:
             storage.delete(join(job.out, r.name + FAILED_SUFFIX))
     # 6. Report
-    report = {
-        "command": "encode-shards",
-        "out": job.out,
-        "started_at": started_at,
-        "finished_at": now_iso(),
-        "shards": {
-            "total": len(shards),
-            "done_before": len(shards) - len(tasks) - len(not_run),
-            "processed": len(results),
-            "failed": len(failures),
-            "not_run": len(not_run),
-        },
-        "summary": encode_summary(results, time.perf_counter() - t0),
-        "failed": [[t.name, t.attempt, e] for t, e in failures],
-        "per_shard": [
-            {
-                "shard": r.name,
-                "rate": r.rate_index,
-                "images": r.samples,
-                "errors": r.errors,
-                "seconds": round(r.seconds, 2),
-                "images_per_s": round(r.samples / r.seconds, 1) if r.seconds else None,
-                "attempt": r.attempt,
-                "worker": f"pid {r.worker.get('pid')} {r.worker.get('device')}",
-            }
-            for r in sorted(results, key=lambda r: r.name)
-        ],
-        "workers": workers,
-    }
+    report = EncodeReport.finish(
+        job.out,
+        started_at,
+        failures,
+        workers,
+        shards=EncodeShards(
+            total=len(shards),
+            done_before=len(shards) - len(tasks) - len(not_run),
+            processed=len(results),
+            failed=len(failures),
+            not_run=len(not_run),
+        ),
+        summary=encode_summary(results, time.perf_counter() - t0),
+        per_shard=[EncodeShardLine.of(r) for r in sorted(results, key=lambda r: r.name)],
+    )
+    targeted = [
+        join(job.out, names[u] + ".parquet") for u in shards if not isinstance(rates[u], Rate)
+    ]
+    if targeted:  # over every done shard of the job, this run's and earlier ones
+        report.targets = target_report([p for p in targeted if storage.exists(p)])
     write_job_report(job.out, report)
     return report
 
@@ -325,7 +231,7 @@ def run_encode(job: EncodeJob) -> dict[str, Any]:
 # --------------------------------------------------------------------------- decode
 
 
-def run_decode(job: DecodeJob) -> dict[str, Any]:
+def run_decode(job: DecodeJob) -> DecodeReport:
     """Decode every Parquet of ``job.parquets`` into shards or files under ``job.out``."""
     t0, started_at = time.perf_counter(), now_iso()
     res = job.resources or Resources()
@@ -354,67 +260,22 @@ def run_decode(job: DecodeJob) -> dict[str, Any]:
     results, failures, workers = _dispatch(job, tasks, "decode_shard", res)
     _remove_stale_temps([t.errors_url for t in tasks] + [t.output for t in tasks if not t.as_files])
     # 3. Report
-    report = {
-        "command": "decode-shards",
-        "out": job.out,
-        "started_at": started_at,
-        "finished_at": now_iso(),
-        "shards": {"total": len(tasks), "processed": len(results), "failed": len(failures)},
-        "summary": decode_summary(results, time.perf_counter() - t0),
-        "failed": [[t.name, t.attempt, e] for t, e in failures],
-        "per_shard": [
-            {
-                "parquet": r.name,
-                "rows": r.rows,
-                "decoded": r.decoded,
-                "failures": len(r.failures),
-                "fallbacks": len(r.notes_of(NOTE_FALLBACK)),
-                "renamed": len(r.notes_of(NOTE_RENAMED)),
-                "seconds": round(r.seconds, 2),
-            }
-            for r in sorted(results, key=lambda r: r.name)
-        ],
+    report = DecodeReport.finish(
+        job.out,
+        started_at,
+        failures,
+        workers,
+        shards=DecodeShards(total=len(tasks), processed=len(results), failed=len(failures)),
+        summary=decode_summary(results, time.perf_counter() - t0),
+        per_shard=[DecodeShardLine.of(r) for r in sorted(results, key=lambda r: r.name)],
         # the first rows of each kind; every one is in that Parquet's <name>.errors listing
-        "row_failures": [[r.name, k, why] for r in results for k, why in r.failures][:1000],
-        "row_notes": [
+        row_failures=[[r.name, k, why] for r in results for k, why in r.failures][:1000],
+        row_notes=[
             [r.name, n.key, n.kind, n.reason]
             for r in results
             for n in r.notes
             if n.kind in (NOTE_FALLBACK, NOTE_RENAMED)
         ][:1000],
-        "workers": workers,
-    }
+    )
     write_job_report(job.out, report, stem="decode_report")
     return report
-
-
-# --------------------------------------------------------------------------- status
-
-
-def collect_status(out: str) -> dict[str, Any]:
-    """Done / failed / pending shards of an encode output, with totals of the done ones."""
-    config_url = join(out, JOB_CONFIG)
-    if not storage.exists(config_url):
-        raise ValueError(f"{out}: no {JOB_CONFIG} (not an encode-shards output?)")
-    config = read_json(config_url)
-    listing = set(storage.list_prefix(join(out, "")))
-    done, failed, pending = [], [], []
-    for shard in config["shards"]:
-        name = shard["name"]
-        if join(out, name + STATS_SUFFIX) in listing:
-            done.append(name)
-        elif join(out, name + FAILED_SUFFIX) in listing:
-            failed.append(name)
-        else:
-            pending.append(name)
-    with ThreadPoolExecutor(16) as pool:  # small GETs: latency bound
-        stats = list(pool.map(lambda n: read_stats(join(out, n + STATS_SUFFIX)), done))
-        reasons = list(pool.map(lambda n: read_json(join(out, n + FAILED_SUFFIX)), failed))
-    return {
-        "out": out,
-        "shards": len(config["shards"]),
-        "done": done,
-        "failed": {n: r.get("error", "") for n, r in zip(failed, reasons, strict=True)},
-        "pending": pending,
-        "totals": encode_summary(stats, sum(s.seconds for s in stats)),
-    }

@@ -19,9 +19,10 @@ one already has the image's name (an ``x.png`` mask beside the ``x.jpg`` image, 
 
 Both sinks take ``add(key, {ext: bytes})`` and write ``<key>.<ext>`` entries:
 
-* ``TarSink``: one tar per decoded Parquet, written with webdataset's ``TarWriter`` to a
-  local temp file, then published with ``storage.atomic_put_file`` (a reader never sees
-  half a shard);
+* ``TarSink``: one tar per decoded Parquet, written with webdataset's ``TarWriter`` straight
+  into ``storage.open_write`` (on S3 a multipart upload, one 8 MiB part in memory; locally a
+  temp file beside the target): nothing is staged, memory and disk stay flat in the shard's
+  size, and the tar appears at its URL whole, at ``close``, or never (``abort``);
 * ``FileSink``: one file per entry under ``<out>/<name>/`` (local or s3); locally, the
   resolved path is checked to stay under the root even through symlinks.
 """
@@ -30,8 +31,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 
 import numpy as np
 from PIL import Image
@@ -153,25 +152,23 @@ class _Sink:
 class TarSink(_Sink):
     """A WebDataset shard at ``url``: members ``<key>.<ext>``, grouped by key, in order.
 
-    Written with webdataset's ``TarWriter`` (PAX headers, so long keys fit) to a local temp
-    file, one ``write`` per field: ``TarWriter`` sorts a sample's fields, and we keep the
-    image first, then the carried fields in their original order. Reproducible: mtime 0,
-    mode 0644, no owner names.
+    Written with webdataset's ``TarWriter`` (PAX headers, so long keys fit) as a stream
+    into ``storage.open_write(url)``, one ``write`` per field: ``TarWriter`` sorts a
+    sample's fields, and we keep the image first, then the carried fields in their original
+    order. Reproducible: mtime 0, mode 0644, no owner names.
     """
 
     def __init__(self, url: str) -> None:
         super().__init__()
         self.url = url
-        fd, self._tmp = tempfile.mkstemp(prefix="oscar-sink-", suffix=".tar")
-        os.close(fd)
+        self._out = storage.open_write(url)
         self._writer = TarWriter(
-            self._tmp, encoder=False, keep_meta=True, mode=0o644, mtime=0, user="", group=""
+            self._out, encoder=False, keep_meta=True, mode=0o644, mtime=0, user="", group=""
         )
         # Names are written back with their original bytes, whatever the locale: PAX stores
         # a UTF-8 name as is and any other as bytes (hdrcharset=BINARY), via these settings.
         self._writer.tarstream.encoding = NAME_ENCODING
         self._writer.tarstream.errors = NAME_ERRORS
-        self._open = True
 
     def add(self, key: str, files: dict[str, bytes]) -> None:
         if WDS_KEY in files:
@@ -180,22 +177,14 @@ class TarSink(_Sink):
             self._writer.write({WDS_KEY: key, name[len(key) + 1 :]: data})
 
     def close(self) -> None:
-        """Finish the tar and publish it atomically; the temp file is always removed."""
-        try:
-            self._finish()
-            storage.atomic_put_file(self.url, self._tmp)
-        finally:
-            self.abort()
-
-    def _finish(self) -> None:
-        if self._open:
-            self._open = False
+        """Finish the tar (its end-of-archive blocks) and publish it atomically."""
+        with self._out:  # discards unless published
             self._writer.close()
+            self._out.publish()
 
     def abort(self) -> None:
-        self._finish()
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        """Drop the tar: nothing appears at the URL (an S3 upload is aborted)."""
+        self._out.discard()
 
 
 class FileSink(_Sink):

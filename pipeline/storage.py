@@ -8,9 +8,11 @@ function hands the URL to it.
 
 * ``expand_shards`` turns user specs (brace ranges, globs, ``.txt`` lists, ``s3://``
   prefixes with a glob) into a sorted list of concrete URLs;
-* ``open_read`` streams (an S3 object is never held whole in memory);
-* ``atomic_put`` / ``atomic_put_file`` publish so that a reader never sees a partial object
-  at the final name;
+* ``open_read`` streams (an S3 object is never held whole in memory); ``open_seekable``
+  reads only the byte ranges asked for (a Parquet footer, then a row group at a time);
+* ``open_write`` streams a new object (S3: a multipart upload, one part in memory) and
+  publishes it whole; ``atomic_put`` / ``atomic_put_file`` publish bytes or a local file:
+  a reader never sees a partial object at the final name;
 * ``check_writable`` fails a job at start-up, not hours later, when the output is unusable;
 * ``local_model_dir`` gives a local copy of a model directory (an s3 one is cached per node).
 
@@ -23,12 +25,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
 import braceexpand
 
-from .storage_base import Storage, parse_url
+from .storage_base import ObjectWriter, Storage, parse_url
 from .storage_local import LocalStorage
 from .storage_s3 import S3Storage
 
@@ -95,11 +96,6 @@ def open_seekable(url: str) -> BinaryIO:
     return storage_for(url).open_seekable(url)
 
 
-def local_copy(url: str) -> AbstractContextManager[str]:
-    """``with local_copy(url) as path``: a local file holding the object (for seeking)."""
-    return storage_for(url).local_copy(url)
-
-
 def exists(url: str) -> bool:
     return storage_for(url).exists(url)
 
@@ -123,13 +119,20 @@ def delete(url: str) -> None:
     storage_for(url).delete(url)
 
 
+def open_write(url: str) -> ObjectWriter:
+    """``with open_write(url) as out: out.write(...); out.publish()``: the object appears
+    whole at ``publish`` (atomically), or not at all when the block ends without it
+    (``storage_base.ObjectWriter``). Memory and local disk stay flat in its size."""
+    return storage_for(url).open_write(url)
+
+
 def atomic_put(url: str, data: bytes) -> None:
     """Write ``data`` so readers see either the old object or the whole new one."""
     storage_for(url).atomic_put(url, data)
 
 
 def atomic_put_file(url: str, local_path: str) -> None:
-    """Publish a local file to ``url`` atomically (multipart upload for big files on S3)."""
+    """Publish a local file to ``url`` atomically (a multipart upload above 8 MiB on S3)."""
     storage_for(url).atomic_put_file(url, local_path)
 
 

@@ -11,17 +11,21 @@ Failure rules, for every backend:
 * every failure is a ``StorageError(url, reason, code)``: an ``OSError`` whose message is
   one line, ``<url>: <action> failed: <why>``; credentials never appear in it;
 * reads stream: ``open_read`` holds a bounded buffer, never the whole object;
-* a publish is atomic: ``atomic_put`` / ``atomic_put_file`` readers see the old object or
-  the whole new one; a writer killed mid-publish leaves at most a temp that is not the
-  object (a local temp file, an unfinished S3 multipart upload: ``remove_stale_temps``);
+* writes stream: ``open_write`` holds a bounded buffer (S3: one multipart part), never the
+  whole object;
+* a publish is atomic: readers of ``open_write(...).publish()``, ``atomic_put`` and
+  ``atomic_put_file`` see the old object or the whole new one; a writer that fails or is
+  dropped before ``publish`` leaves nothing at the URL, and one killed mid-write leaves at
+  most a temp that is not the object (a local temp file, an unfinished S3 multipart
+  upload: ``remove_stale_temps``);
 * deleting a missing object is not an error (as on S3).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -77,6 +81,37 @@ def parse_url(url: str) -> Location:
     raise ValueError(f"{url!r}: unsupported URL scheme {scheme!r} (use s3:// or a local path)")
 
 
+class ObjectWriter(ABC):
+    """A new object being written to ``url``, in order, then published whole.
+
+    ``write`` appends (a file object's ``write``: ``tarfile`` and ``shutil`` write to it);
+    ``publish()`` makes the object appear at ``url`` at once, replacing any old one;
+    ``discard()`` drops what was written, and what is written after (a producer's finaliser
+    flushing late, as ``tarfile``'s does); a write after ``publish`` is an error. Leaving
+    the ``with`` block without ``publish`` discards, so an exception, or a writer
+    garbage-collected half-way, never publishes a part.
+    """
+
+    url: str
+
+    @abstractmethod
+    def write(self, data: bytes) -> int: ...
+
+    @abstractmethod
+    def publish(self) -> None:
+        """Finish the object and make it visible at ``url`` (atomically)."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Drop what was written (nothing appears at ``url``); no-op after ``publish``."""
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
 class Storage(ABC):
     """One storage backend. Each method takes full URLs of this backend's scheme."""
 
@@ -95,11 +130,6 @@ class Storage(ABC):
         footer, then one row group's column chunks), never the whole object up front."""
 
     @abstractmethod
-    def local_copy(self, url: str) -> AbstractContextManager[str]:
-        """A local path holding the object for the ``with`` block (the file itself, or a
-        temp download): for readers that seek, such as Parquet's footer."""
-
-    @abstractmethod
     def exists(self, url: str) -> bool: ...
 
     @abstractmethod
@@ -115,17 +145,27 @@ class Storage(ABC):
         """Objects matching a glob (``*``, ``?``, ``[...]``; never across a ``/``)."""
 
     # -- writing --------------------------------------------------------------------------
-    @abstractmethod
     def put_bytes(self, url: str, data: bytes) -> None:
-        """A plain write (not atomic): for files written whole by one writer."""
+        """A plain write, for files written whole by one writer: need not be atomic (an
+        object store's PUT is anyway, hence this default)."""
+        self.atomic_put(url, data)
 
     @abstractmethod
+    def open_write(self, url: str) -> ObjectWriter:
+        """A streaming writer of a new object at ``url`` (see ``ObjectWriter``): memory
+        stays bounded whatever the object's size, and nothing is staged elsewhere."""
+
     def atomic_put(self, url: str, data: bytes) -> None:
         """Publish ``data``: readers see either the old object or the whole new one."""
+        with self.open_write(url) as out:
+            out.write(data)
+            out.publish()
 
-    @abstractmethod
     def atomic_put_file(self, url: str, local_path: str) -> None:
-        """Publish a local file atomically (multipart for big files on S3)."""
+        """Publish a local file atomically (streamed through ``open_write``)."""
+        with self.open_write(url) as out, open(local_path, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.publish()
 
     @abstractmethod
     def delete(self, url: str) -> None:

@@ -1,8 +1,9 @@
 """The local-filesystem backend of ``Storage``: plain paths and ``file://`` URLs.
 
-Atomic writes go to a ``.<name>.tmp-*`` file in the target's directory, are fsynced, then
-renamed over the target (atomic on POSIX); a writer killed before the rename leaves only
-that temp (``remove_stale_temps``). ``OSError`` becomes ``StorageError`` naming the URL.
+Writes (``open_write``, hence ``atomic_put*``) go straight to a ``.<name>.tmp-*`` file in
+the target's directory (no copy staged elsewhere), are fsynced, then renamed over the
+target (atomic on POSIX); a writer killed before the rename leaves only that temp
+(``remove_stale_temps``). ``OSError`` becomes ``StorageError`` naming the URL.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import BinaryIO
 
-from .storage_base import Storage, StorageError, parse_url
+from .storage_base import ObjectWriter, Storage, StorageError, parse_url
 
 _FILE_PREFIX = "file://"
 
@@ -35,21 +35,48 @@ def _path(url: str) -> str:
     return parse_url(url).path
 
 
-def _atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
-    """Write via a temp file in the same directory, then rename (atomic on POSIX)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # data on disk before the name points at it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+class _TempThenRename(ObjectWriter):
+    """Writes ``.<name>.tmp-*`` beside the target; ``publish`` fsyncs and renames it over
+    the target, ``discard`` deletes it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._path = _path(url)
+        self._file: BinaryIO | None = None
+        self._published = False
+        d = os.path.dirname(os.path.abspath(self._path))
+        with _errors(url, "open for writing"):
+            os.makedirs(d, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(self._path)}.tmp-")
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> int:
+        if self._published:
+            raise ValueError(f"{self.url}: write after publish")
+        if self._file is None:  # after discard, dropped
+            return len(data)
+        with _errors(self.url, "write"):
+            return self._file.write(data)
+
+    def publish(self) -> None:
+        if self._file is None:
+            raise ValueError(f"{self.url}: publish after publish or discard")
+        try:
+            with _errors(self.url, "atomic write"):
+                self._file.flush()
+                os.fsync(self._file.fileno())  # data on disk before the name points at it
+                self._file.close()
+                os.replace(self._tmp, self._path)
+            self._file, self._published = None, True
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._tmp)
 
 
 class LocalStorage(Storage):
@@ -61,10 +88,6 @@ class LocalStorage(Storage):
 
     def open_seekable(self, url: str) -> BinaryIO:
         return self.open_read(url)  # a local file seeks
-
-    @contextlib.contextmanager
-    def local_copy(self, url: str) -> Iterator[str]:
-        yield _path(url)
 
     def exists(self, url: str) -> bool:
         return os.path.exists(_path(url))
@@ -99,20 +122,15 @@ class LocalStorage(Storage):
             with open(path, "wb") as f:
                 f.write(data)
 
-    def atomic_put(self, url: str, data: bytes) -> None:
-        with _errors(url, "atomic write"):
-            _atomic_write(_path(url), lambda f: f.write(data))
-
-    def atomic_put_file(self, url: str, local_path: str) -> None:
-        with _errors(url, "atomic write"), open(local_path, "rb") as src:
-            _atomic_write(_path(url), lambda f: shutil.copyfileobj(src, f, 1 << 20))
+    def open_write(self, url: str) -> ObjectWriter:
+        return _TempThenRename(url)
 
     def delete(self, url: str) -> None:
         with _errors(url, "delete"), contextlib.suppress(FileNotFoundError):
             os.remove(_path(url))
 
     def remove_stale_temps(self, url: str) -> list[str]:
-        """Delete the ``.<name>.tmp-*`` files next to the target (what ``_atomic_write``
+        """Delete the ``.<name>.tmp-*`` files next to the target (what ``open_write``
         leaves when killed before its rename)."""
         d, name = os.path.split(os.path.abspath(_path(url)))
         stale = sorted(glob.glob(os.path.join(d, glob.escape(f".{name}.tmp-") + "*")))

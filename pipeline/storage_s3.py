@@ -7,8 +7,11 @@ connections with exponential backoff, up to ``OSCAR_S3_MAX_ATTEMPTS`` (default 5
 Errors become ``StorageError(url, reason, code)``: the S3 error code, with a hint for the
 codes a user can fix (missing bucket, denied access, bad credentials).
 
-Publishing writes the final key directly (``atomic_put*``): S3 replaces an object atomically
-on a PUT and on a completed multipart upload.
+Writing streams to the final key directly (``open_write``, hence ``atomic_put*``): up to
+``PART_BYTES`` is one PUT, more is a multipart upload of ``PART_BYTES`` parts sent as they
+fill, so a writer holds one part in memory whatever the object's size. S3 replaces an object
+atomically on a PUT and on a completed multipart upload: nothing appears at the key before
+``publish``, and a failed writer aborts its upload.
 
 Why boto3 and not ``pyarrow.fs.S3FileSystem`` (measured with ``oscar bench --sections 8``,
 see docs/pipeline.md): pyarrow's input stream issues one ranged GET per ``read()`` unless
@@ -36,7 +39,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .storage_base import Storage, StorageError, parse_url
+from .storage_base import ObjectWriter, Storage, StorageError, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ _HINTS = {
 _MISSING = ("404", "NoSuchKey", "NoSuchBucket")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _READ_BUFFER = 1 << 20
+# A multipart part (all but the last must be >= 5 MiB in S3); boto3's own default chunk.
+PART_BYTES = 8 << 20
 
 # --------------------------------------------------------------------------- S3 client
 
@@ -186,6 +191,69 @@ class _Ranged(io.RawIOBase):
         return n
 
 
+class _Upload(ObjectWriter):
+    """One PUT when the object fits in a part, else a multipart upload: a part is sent as
+    soon as ``PART_BYTES`` are buffered (the buffer itself, no copy), ``publish`` sends the
+    rest and completes (the key appears then), ``discard`` aborts. A writer that is dropped or killed leaves an
+    unfinished upload, invisible at the key (``remove_stale_temps`` aborts it)."""
+
+    def __init__(self, url: str) -> None:
+        bucket, key = _split(url)
+        self.url, self._where = url, {"Bucket": bucket, "Key": key}
+        self._buffer, self._parts, self._open, self._published = bytearray(), [], True, False
+        self._upload_id: str | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._published:
+            raise ValueError(f"{self.url}: write after publish")
+        if self._open:  # after discard, dropped
+            self._buffer += data
+            if len(self._buffer) >= PART_BYTES:
+                self._send_part()
+        return len(data)
+
+    def _send_part(self) -> None:
+        with _errors(self.url, "multipart upload"):
+            if self._upload_id is None:
+                self._upload_id = s3_client().create_multipart_upload(**self._where)["UploadId"]
+            number, body, self._buffer = len(self._parts) + 1, self._buffer, bytearray()
+            etag = s3_client().upload_part(
+                **self._where, UploadId=self._upload_id, PartNumber=number, Body=body
+            )["ETag"]
+        self._parts.append({"PartNumber": number, "ETag": etag})
+
+    def publish(self) -> None:
+        if not self._open:
+            raise ValueError(f"{self.url}: publish after publish or discard")
+        try:
+            if self._upload_id is None:
+                with _errors(self.url, "put"):
+                    s3_client().put_object(**self._where, Body=self._buffer)
+            else:
+                if self._buffer:
+                    self._send_part()
+                with _errors(self.url, "complete multipart upload"):
+                    s3_client().complete_multipart_upload(
+                        **self._where,
+                        UploadId=self._upload_id,
+                        MultipartUpload={"Parts": self._parts},
+                    )
+                self._upload_id = None
+            self._published = True
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        upload, self._upload_id = self._upload_id, None
+        self._open, self._buffer = False, bytearray()
+        if upload is not None:
+            try:
+                with _errors(self.url, "abort multipart upload"):
+                    s3_client().abort_multipart_upload(**self._where, UploadId=upload)
+            except StorageError as exc:  # the job's remove_stale_temps sweep retries it
+                log.warning("%s", exc)
+
+
 class S3Storage(Storage):
     """Objects in an S3-compatible store."""
 
@@ -200,17 +268,6 @@ class S3Storage(Storage):
         """Ranged GETs through a 1 MiB buffer: a Parquet reader fetches the footer, then
         only the row groups and columns it reads."""
         return cast(BinaryIO, io.BufferedReader(_Ranged(url, self.size(url)), _READ_BUFFER))
-
-    @contextlib.contextmanager
-    def local_copy(self, url: str) -> Iterator[str]:
-        fd, tmp = tempfile.mkstemp(prefix="oscar-", suffix="-" + os.path.basename(url))
-        try:
-            with os.fdopen(fd, "wb") as out, self.open_read(url) as src:
-                shutil.copyfileobj(src, out, _READ_BUFFER)
-            yield tmp
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
 
     def exists(self, url: str) -> bool:
         bucket, key = _split(url)
@@ -245,23 +302,11 @@ class S3Storage(Storage):
                 out.append(f"s3://{bucket}/{obj['Key']}")
         return out
 
-    def put_bytes(self, url: str, data: bytes) -> None:
-        bucket, key = _split(url)
-        with _errors(url, "put"):
-            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
-
     # Why no temp key: a PUT, and a multipart upload once completed, replace the object
     # atomically in S3 (a reader sees the old object or the whole new one, never a part), so
     # the final key is written directly: one upload, no server-side copy, no temp to delete.
-    def atomic_put(self, url: str, data: bytes) -> None:
-        self.put_bytes(url, data)
-
-    def atomic_put_file(self, url: str, local_path: str) -> None:
-        """One PUT, or a multipart upload above boto3's 8 MiB threshold (a failed one is
-        aborted by boto3; one whose writer was killed is ``remove_stale_temps``' work)."""
-        bucket, key = _split(url)
-        with _errors(url, "upload"):
-            s3_client().upload_file(local_path, bucket, key)
+    def open_write(self, url: str) -> ObjectWriter:
+        return _Upload(url)
 
     def delete(self, url: str) -> None:
         bucket, key = _split(url)

@@ -17,8 +17,8 @@ cannot fit in memory is an error row; anything else (storage, a broken device) f
 shard, and the runner retries it. On decode, likewise, a row that cannot be written (a bad
 bitstream or key, Pillow refusing the image) is a note in the result and in the
 ``<name>.errors`` listing, and the rest of the shard is written. A worker that cannot start
-(the model does not load, a GPU slot without CUDA: ``pick_device``) stops the job before
-any shard runs.
+(the model does not load, a GPU slot without CUDA: ``placement.pick_device``) stops the job
+before any shard runs.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch
 from PIL import Image
 
 from oscar_core import CODEC_VERSION, Codec, Rate
+from oscar_core.target import TargetResult, compress_to_target
 
 from . import storage
 from .contract import (
@@ -51,7 +53,8 @@ from .contract import (
     ShardResult,
     WorkerConfig,
 )
-from .parquet import ShardParquetWriter, iter_row_batches, row_key
+from .parquet import ShardParquetWriter, iter_row_batches, row_key, target_columns
+from .placement import pick_device, ray_gpu_ids, ray_node
 from .prefetch import Prefetch
 from .report import now_iso, write_notes, write_stats
 from .samples import (
@@ -80,54 +83,14 @@ DECODE_COLUMNS = (
 )
 
 
-# Tests only: Ray's GPUs are pretend ones (``ray.init(num_gpus=N)`` on a machine without
-# CUDA), so an actor given one runs on the CPU instead of failing to start.
-FAKE_GPUS_ENV = "OSCAR_FAKE_GPUS"
+@dataclass(frozen=True)
+class Coded:
+    """One image's stream and how it was coded (``found``: the targeted search's outcome)."""
 
-
-def pick_device(gpu_ids: list[Any]) -> str:
-    """cuda:0 when Ray gave this actor a GPU, else cpu; a GPU without CUDA is an error.
-
-    Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s), so inside the actor it is cuda:0
-    (one: ``check_resources`` refuses more than one GPU per worker). A GPU slot without
-    CUDA is a broken node (a CPU-only torch, a driver that does not load): falling back to
-    the CPU would hold the GPU while coding at CPU speed, so the actor fails to start and
-    the job stops with this message (``dispatch.WorkersFailedToStart``).
-    """
-    if not gpu_ids:
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda:0"
-    if os.environ.get(FAKE_GPUS_ENV) == "1":
-        return "cpu"
-    raise RuntimeError(
-        f"Ray assigned GPU {', '.join(map(str, gpu_ids))} to this worker "
-        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}) but "
-        f"torch.cuda.is_available() is False (torch {torch.__version__}, CUDA build "
-        f"{torch.version.cuda}): no usable CUDA device on node {socket.gethostname()}; "
-        "for CPU workers pass --gpus-per-worker 0"
-    )
-
-
-def ray_gpu_ids() -> list[Any]:
-    """The GPU ids Ray assigned to this process ([] outside Ray or without GPUs)."""
-    try:
-        import ray
-    except ImportError:  # the plain class works without Ray (tests, one-off use)
-        return []
-    return list(ray.get_gpu_ids()) if ray.is_initialized() else []
-
-
-def _ray_node() -> tuple[str | None, str | None]:
-    """(node id, node IP) of the Ray node this process runs on; (None, None) outside Ray."""
-    try:
-        import ray
-    except ImportError:
-        return None, None
-    if not ray.is_initialized():
-        return None, None
-    ctx = ray.get_runtime_context()
-    return ctx.get_node_id(), ray.util.get_node_ip_address()
+    stream: bytes
+    rate: Rate
+    ms: float  # model time per image (batch time / batch)
+    found: TargetResult | None = None
 
 
 class ShardWorker:
@@ -158,7 +121,7 @@ class ShardWorker:
     def describe(self) -> dict[str, Any]:
         """Where this worker runs: the runner logs it and the tests check GPU pinning and
         (node_id) that a multi-node job spread its actors over the nodes."""
-        node_id, node_ip = _ray_node()
+        node_id, node_ip = ray_node()
         return {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -177,14 +140,19 @@ class ShardWorker:
     def encode_shard(self, task: EncodeTask) -> ShardResult:
         t0 = time.perf_counter()
         rate = task.rate
-        if rate not in self.codec.ladder.rates:  # the model changed since the job resolved it
+        if rate is not None and rate not in self.codec.ladder.rates:  # the model changed
             raise ValueError(f"{rate} is not on the ladder of model {self.model_id}")
+        if (rate is None) == (task.target is None):
+            raise ValueError(
+                f"shard {task.shard}: give a rate or a target (got {rate}, {task.target})"
+            )
         result = ShardResult(
             shard=task.shard,
             name=task.name,
             parquet=task.parquet_url,
-            rate_index=rate.index,
-            nominal_bpp=rate.nominal_bpp,
+            rate_index=rate.index if rate else None,
+            nominal_bpp=rate.nominal_bpp if rate else None,
+            target=str(task.target) if task.target else None,
             attempt=task.attempt,
             model_id=self.model_id,
             codec_version=CODEC_VERSION,
@@ -199,7 +167,7 @@ class ShardWorker:
                 Prefetch(lambda: self._chunks(task.shard), self.config.prefetch_chunks) as pre,
             ):
                 for chunk in pre:
-                    for row in self._encode_chunk(chunk, rate, task, result):
+                    for row in self._encode_chunk(chunk, task, result):
                         writer.write(row)
             result.wait_seconds = pre.wait_seconds
             # 2. Publish the Parquet, then the stats JSON: the done marker comes last
@@ -234,10 +202,10 @@ class ShardWorker:
                 yield chunk
 
     def _encode_chunk(
-        self, chunk: list[Sample], rate: Rate, task: EncodeTask, result: ShardResult
+        self, chunk: list[Sample], task: EncodeTask, result: ShardResult
     ) -> Iterator[dict[str, Any]]:
         """Code the chunk's good images in same-size batches; yield rows in chunk order."""
-        coded: dict[int, tuple[bytes, float] | str] = {}  # position -> (stream, ms) | error
+        coded: dict[int, Coded | str] = {}  # position -> outcome | error
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for pos, sample in enumerate(chunk):
             if sample.image is not None:
@@ -245,37 +213,44 @@ class ShardWorker:
         for positions in groups.values():
             for i in range(0, len(positions), self.config.batch_size):
                 batch = positions[i : i + self.config.batch_size]
-                coded.update(self._compress(batch, [chunk[p] for p in batch], rate, result))
+                coded.update(self._compress(batch, [chunk[p] for p in batch], task, result))
         for pos, sample in enumerate(chunk):
             outcome = coded.get(pos, sample.error or "not coded")
-            yield self._row(sample, task, rate, outcome, result)
+            yield self._row(sample, task, outcome, result)
 
     def _compress(
-        self, positions: list[int], samples: list[Sample], rate: Rate, result: ShardResult
-    ) -> dict[int, tuple[bytes, float] | str]:
-        """One model call; if the codec rejects the batch, retry image by image so only
-        the bad image becomes an error row."""
+        self, positions: list[int], samples: list[Sample], task: EncodeTask, result: ShardResult
+    ) -> dict[int, Coded | str]:
+        """One model call (a targeted search: a few); if the codec rejects the batch, retry
+        image by image so only the bad image becomes an error row."""
         t0 = time.perf_counter()
+        images = [s.image for s in samples]
         try:
-            streams = self.codec.compress([s.image for s in samples], rate)
+            if task.target is not None:
+                found = compress_to_target(self.codec, images, task.target)
+            else:
+                streams = self.codec.compress(images, task.rate)
         except (ValueError, MemoryError, torch.OutOfMemoryError) as exc:
             if len(samples) == 1:
                 return {positions[0]: f"encode failed: {type(exc).__name__}: {exc}"}
-            out: dict[int, tuple[bytes, float] | str] = {}
+            out: dict[int, Coded | str] = {}
             for pos, sample in zip(positions, samples, strict=True):
-                out.update(self._compress([pos], [sample], rate, result))
+                out.update(self._compress([pos], [sample], task, result))
             return out
         dt = time.perf_counter() - t0
         result.model_seconds += dt
         ms = 1000 * dt / len(samples)
-        return {p: (s, ms) for p, s in zip(positions, streams, strict=True)}
+        if task.target is not None:
+            return {
+                p: Coded(f.stream, f.rate, ms, f) for p, f in zip(positions, found, strict=True)
+            }
+        return {p: Coded(s, task.rate, ms) for p, s in zip(positions, streams, strict=True)}
 
     def _row(
         self,
         sample: Sample,
         task: EncodeTask,
-        rate: Rate,
-        outcome: tuple[bytes, float] | str,
+        outcome: Coded | str,
         result: ShardResult,
     ) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -298,9 +273,10 @@ class ShardWorker:
             message = name_text(outcome)  # it may quote a name that is not UTF-8
             result.count_error(message)
             return {**row, "status": "error", "error_message": message}
-        stream, ms = outcome
+        stream, rate, found = outcome.stream, outcome.rate, outcome.found
         height, width = sample.image.shape[:2]  # type: ignore[union-attr]
         result.ok += 1
+        result.target_met += bool(found and found.met)
         result.source_bytes += sample.source_bytes or 0
         result.bitstream_bytes += len(stream)
         result.pixels += width * height
@@ -315,7 +291,8 @@ class ShardWorker:
             "height": height,
             "bitstream": stream,
             "bitstream_bytes": len(stream),
-            "encode_ms": ms,
+            "encode_ms": outcome.ms,
+            **(target_columns(task.target, found) if found else {}),
         }
 
     # -- decode --------------------------------------------------------------------------

@@ -21,16 +21,18 @@ from collections.abc import Iterator
 
 import pytest
 
+from jobs.common.ports import free_port_pair
 from jobs.demo.servers import local_s3_command
 from pipeline import storage, storage_s3
 
 # Tests get their own server: a fresh state directory per session (a state dir left by a
-# killed run can wedge radosgw's start-up), a port away from the demo's 7480, and memstore
-# (no 20 GiB sparse file). OSCAR_S3_DIR / OSCAR_S3_PORT set by the user win.
+# killed run can wedge radosgw's start-up), a free port pair (radosgw, monitor) away from the
+# demo's 7480 so that test sessions running side by side never reach each other's monitor,
+# and memstore (no 20 GiB sparse file). OSCAR_S3_DIR / OSCAR_S3_PORT set by the user win.
 _TEST_S3_ENV = {
     "OSCAR_S3_DIR": os.environ.get("OSCAR_S3_DIR")
     or tempfile.mkdtemp(prefix="oscar-test-s3-", dir=os.environ.get("TMPDIR", "/tmp")),
-    "OSCAR_S3_PORT": os.environ.get("OSCAR_S3_PORT", "7580"),
+    "OSCAR_S3_PORT": os.environ.get("OSCAR_S3_PORT") or str(free_port_pair()),
     "OSCAR_S3_OBJECTSTORE": os.environ.get("OSCAR_S3_OBJECTSTORE", "memstore"),
 }
 

@@ -1,10 +1,5 @@
-"""Shared pieces of ``oscar bench``: the timing helper, the run context, result rows, and
-the small helpers several sections use (``encode_each``, ``mean_or_none``, the images).
-
-Timing: ``measure(fn)`` runs ``fn`` ``warmup`` times untimed, then ``repeats`` times timed
-with ``time.perf_counter``, and reports the median (and min / max). Every figure of the
-benchmark is such a median; a per-image figure is the median of a run over all images
-divided by their count.
+"""Shared pieces of ``oscar bench``: the run context, result rows, and the small helpers
+several sections use (``encode_each``, ``mean_psnr``, the images); timing is ``timing.py``.
 
 A section is a function ``section_<name>(ctx) -> SectionResult``: the summary row
 (``title``, ``status``, ``measured``, ``goal``, and ``shortfall`` / ``reason`` when missed),
@@ -15,9 +10,6 @@ numbers (``details``), which bench.json holds beside the rest.
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,44 +18,9 @@ import numpy as np
 
 from jobs.common.images import IMAGE_EXTENSIONS
 from oscar_core.images import center_crop
+from oscar_core.metrics import psnr
 
 QUICK_CROP = 256  # --quick: one image, centre-cropped to this side
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Seconds of ``repeats`` timed runs after ``warmup`` untimed ones."""
-
-    median: float
-    min: float
-    max: float
-    repeats: int
-
-    def per(self, n: int) -> float:
-        """Median seconds per item when one run processed ``n`` items."""
-        return self.median / max(1, n)
-
-    def to_dict(self, n: int = 1) -> dict[str, float | int]:
-        return {
-            "median_s": self.median / n,
-            "min_s": self.min / n,
-            "max_s": self.max / n,
-            "repeats": self.repeats,
-        }
-
-
-def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    if repeats < 1:
-        raise ValueError(f'Invalid repeats "{repeats}", should be >= 1')
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return Timing(statistics.median(times), min(times), max(times), repeats)
 
 
 @dataclass
@@ -127,10 +84,6 @@ def parse_precisions(text: str | None) -> tuple[tuple[str, ...], str | None]:
     return wanted, None
 
 
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(1000 * seconds, 3)
-
-
 def fmt(value: Any, digits: int = 3) -> str:
     """A table cell: numbers to ``digits`` significant digits, None as a dash."""
     if value is None:
@@ -183,6 +136,11 @@ class SectionResult:
     footnotes: list[str] = field(default_factory=list)  # lines under the tables, bench.md only
     section: int = 0  # its number in ``jobs.bench.job.SECTIONS`` (set by the runner)
     seconds: float = 0.0  # its wall time (set by the runner)
+
+    @classmethod
+    def judged(cls, ok: bool, shortfall: str, **fields: Any) -> SectionResult:
+        """A section with a goal: status pass/miss from ``ok``; ``shortfall`` kept on a miss."""
+        return cls(status=verdict(ok), shortfall=None if ok else shortfall, **fields)
 
     def to_json(self) -> dict[str, Any]:
         """bench.json's entry: every field but the tables and footnotes, the details
@@ -260,7 +218,8 @@ def encode_each(codec: Any, images: list[np.ndarray], rate: int) -> list[bytes]:
     return [codec.compress([img], rate)[0] for img in images]
 
 
-def mean_or_none(values: list[float | None]) -> float | None:
-    """Mean of the values that are not None; None when there are none."""
-    vals = [v for v in values if v is not None]
+def mean_psnr(originals: list[np.ndarray], decoded: list[np.ndarray]) -> float | None:
+    """Mean PSNR (``oscar_core.metrics.psnr``, the project's one) over the image pairs, in
+    dB; None for no images."""
+    vals = [psnr(a, b) for a, b in zip(originals, decoded, strict=True)]
     return float(np.mean(vals)) if vals else None

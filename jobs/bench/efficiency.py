@@ -8,7 +8,8 @@ from __future__ import annotations
 import statistics
 
 from jobs.bench import shards
-from jobs.bench.common import BenchContext, SectionResult, measure, not_run, table, verdict
+from jobs.bench.common import BenchContext, SectionResult, not_run, table
+from jobs.bench.timing import measure
 
 EFFICIENCY_GOAL = 0.9  # bench's own: the shard path keeps >= 90% of the bare model's rate
 
@@ -55,12 +56,12 @@ def section_efficiency(ctx: BenchContext) -> SectionResult:
     model_s = statistics.median(r.model_seconds for r in timed)
     wait_s = statistics.median(getattr(r, "wait_seconds", 0.0) for r in timed)
     shard_s = statistics.median(r.seconds for r in timed)
-    res = SectionResult(
+    res = SectionResult.judged(
+        ok,
+        f"{EFFICIENCY_GOAL - eff:.0%} below the goal",
         title=title,
-        status=verdict(ok),
         goal=goal,
         measured=f"{pipe_ips:.2f} vs {bare_ips:.2f} images/s = {eff:.0%}",
-        shortfall=None if ok else f"{EFFICIENCY_GOAL - eff:.0%} below the goal",
         method=(
             "one ShardWorker (the Ray actor class) called in this process: codec.compress on "
             "the decoded arrays vs encode_shard on a local tar of the same images as PNG "

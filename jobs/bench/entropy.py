@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from jobs.bench.common import BenchContext, SectionResult, measure, ms, table, verdict
+from jobs.bench.common import BenchContext, SectionResult, table, verdict
+from jobs.bench.timing import measure, ms
 from oscar_core.entropy import fixed_length_bits
 from oscar_core.images import pad_reflect, padded_size, to_tensor
 

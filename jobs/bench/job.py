@@ -14,6 +14,7 @@ Sections (one module each, a function ``ctx -> SectionResult``; see ``common.py`
     6  peak RSS of a worker for shards of 100 vs 1,000 images      (memory.py)
     7  range-coded vs fixed-length bits of the VQ indices per rate (entropy.py)
     8  storage.open_read vs boto3 get_object on the local radosgw  (s3.py)
+    9  decode-shards peak RSS and local disk, 100 vs 1,000 images  (decode_memory.py)
 
 Every figure is the median of ``--repeats`` runs after a warm-up run; every comparison runs
 both sides in this process with the same torch threads, under ``torch.inference_mode()``.
@@ -37,7 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.bench.archive_read import section_archive_read
 from jobs.bench.common import BenchContext, SectionResult, load_images, parse_precisions
+from jobs.bench.decode_memory import section_decode_memory
 from jobs.bench.efficiency import section_efficiency
 from jobs.bench.entropy import section_entropy_gain
 from jobs.bench.memory import section_memory
@@ -47,6 +50,7 @@ from jobs.bench.report import BenchRun, git_state, machine_info, write_outputs
 from jobs.bench.s3 import section_s3
 from jobs.bench.scaling import section_scaling
 from jobs.bench.stage_profile import section_stage_profile
+from jobs.bench.targets import section_targets
 from jobs.common.paths import SAMPLES_DIR
 
 DEFAULT_OUT = "docs/benchmarks"
@@ -60,6 +64,9 @@ SECTIONS: dict[int, Callable[[BenchContext], SectionResult]] = {
     6: section_memory,
     7: section_entropy_gain,
     8: section_s3,
+    9: section_decode_memory,
+    10: section_targets,
+    11: section_archive_read,
 }
 FULL = {"repeats": 3, "warmup": 1, "batch_sizes": (1, 2, 4)}  # fits 15 min on 2 cores
 QUICK = {"repeats": 2, "warmup": 1, "batch_sizes": (1, 2)}
@@ -72,7 +79,7 @@ class BenchConfig:
     out: str = DEFAULT_OUT
     model: str | None = None  # model directory (None: the shipped oscar-tiny)
     images: str | None = None  # a directory of images (None: jobs/samples)
-    sections: list[int] | None = None  # section numbers (None: all, 1..8)
+    sections: list[int] | None = None  # section numbers (None: all, 1..11)
     quick: bool = False  # smoke test: 1 image cropped to 256 px, 1 rate, 2 repeats
     rates: str | None = None  # "0,3,7" or "all" (None: all; --quick: the middle one)
     repeats: int | None = None  # timed runs per figure (None: 3, --quick 2)

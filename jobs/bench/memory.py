@@ -17,14 +17,17 @@ from jobs.common.paths import REPO
 from oscar_core.images import center_crop
 
 MEMORY_GOAL = 1.1  # bench's own: peak RSS of a 10x larger shard within 10% (flat memory)
-# what the fresh process runs: one memory_probe, its result as one JSON line on stdout
+# what a fresh process runs: one probe function ("module.name" in argv[1], its keyword
+# arguments as JSON in argv[2]), its result as one JSON line on stdout
 _PROBE = (
-    "import json, sys; from jobs.bench.memory import memory_probe; "
-    "print('BENCH-RESULT ' + json.dumps(memory_probe(**json.loads(sys.argv[1]))))"
+    "import importlib, json, sys; mod, _, fn = sys.argv[1].rpartition('.'); "
+    "result = getattr(importlib.import_module(mod), fn)(**json.loads(sys.argv[2])); "
+    "print('BENCH-RESULT ' + json.dumps(result))"
 )
 
 
-def _vm_kb(field: str) -> int:
+def vm_kb(field: str) -> int:
+    """A ``/proc/self/status`` figure in KiB (``VmRSS``, ``VmHWM``: the peak RSS)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -32,20 +35,62 @@ def _vm_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so that the peak read later is that
+    of the work done in between; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def run_probe(probe: str, args: dict, env: dict[str, str] | None = None) -> dict:
+    """Run ``probe`` ("jobs.bench.memory.memory_probe") with ``args`` in a fresh Python
+    process (its peak RSS is its own); its result, or RuntimeError with its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, probe, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=1800,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{probe} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1][len("BENCH-RESULT ") :])
+
+
+def shard_sizes(ctx: BenchContext) -> tuple[int, int]:
+    """The two shard sizes the memory sections compare: N and 10N images."""
+    return (10, 100) if ctx.quick else (100, 1000)
+
+
+def peak_growth(runs: dict[int, dict]) -> tuple[str, float, float]:
+    """From runs by shard size (each with ``peak_rss_mib``): the summary text, the ratio of
+    the largest shard's peak to the smallest's, and the KiB it grows per extra image."""
+    (n0, small), (n1, big) = min(runs.items()), max(runs.items())
+    ratio = big["peak_rss_mib"] / small["peak_rss_mib"]
+    per_image_kib = (big["peak_rss_mib"] - small["peak_rss_mib"]) * 1024 / (n1 - n0)
+    text = (
+        f"{n0} images {small['peak_rss_mib']:.0f} MiB, {n1} images "
+        f"{big['peak_rss_mib']:.0f} MiB peak ({ratio:.2f}x)"
+    )
+    return text, ratio, per_image_kib
+
+
 def memory_probe(model_dir: str, shard: str, out: str, rate: int, threads: int) -> dict:
     """Runs in a fresh process: one ShardWorker, one shard; RSS figures in MiB."""
     from pipeline.contract import EncodeTask, WorkerConfig
     from pipeline.worker import ShardWorker
 
-    start = _vm_kb("VmRSS")
+    start = vm_kb("VmRSS")
     worker = ShardWorker(WorkerConfig(model_dir, threads=threads))
-    loaded_peak, loaded = _vm_kb("VmHWM"), _vm_kb("VmRSS")
-    try:  # reset VmHWM to the current RSS (Linux >= 4.0), so the peak is the shard's own
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        reset = True
-    except OSError:
-        reset = False
+    loaded_peak, loaded = vm_kb("VmHWM"), vm_kb("VmRSS")
+    reset = reset_peak_rss()
     t0 = time.perf_counter()
     result = worker.encode_shard(
         EncodeTask(
@@ -64,8 +109,8 @@ def memory_probe(model_dir: str, shard: str, out: str, rate: int, threads: int) 
         "peak_rss_loading_mib": loaded_peak / 1024,
         "rss_after_load_mib": loaded / 1024,
         "peak_reset_after_load": reset,
-        "peak_rss_mib": _vm_kb("VmHWM") / 1024,  # during the shard when reset, else overall
-        "rss_end_mib": _vm_kb("VmRSS") / 1024,
+        "peak_rss_mib": vm_kb("VmHWM") / 1024,  # during the shard when reset, else overall
+        "rss_end_mib": vm_kb("VmRSS") / 1024,
     }
 
 
@@ -75,11 +120,10 @@ def section_memory(ctx: BenchContext) -> SectionResult:
     api, why = shards.pipeline_api()
     if api is None:
         return not_run(title, goal, why, "peak RSS per actor, shards of 100 vs 1,000 images")
-    sizes = (10, 100) if ctx.quick else (100, 1000)
     tile = [center_crop(i, 64) for i in ctx.images]
     rate = shards.pipeline_rate(ctx)
     runs = {}
-    for n in sizes:
+    for n in shard_sizes(ctx):
         shard = ctx.work_dir / "memory" / f"shard-{n}.tar"
         shards.write_shard(shard, tile, n)
         out = ctx.work_dir / "memory" / f"out-{n}"
@@ -90,30 +134,15 @@ def section_memory(ctx: BenchContext) -> SectionResult:
             "rate": rate,
             "threads": ctx.threads,
         }
-        proc = subprocess.run(
-            [sys.executable, "-c", _PROBE, json.dumps(args)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=1800,
-            check=False,
-        )
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
-        if proc.returncode or not lines:
-            raise RuntimeError(f"memory probe failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
-        runs[n] = json.loads(lines[-1][len("BENCH-RESULT ") :])
-    small, big = (runs[n] for n in sizes)
-    ratio = big["peak_rss_mib"] / small["peak_rss_mib"]
+        runs[n] = run_probe("jobs.bench.memory.memory_probe", args)
+    measured, ratio, per_image_kib = peak_growth(runs)
     ok = ratio <= MEMORY_GOAL
     side = tile[0].shape
     res = SectionResult(
         title=title,
         status=verdict(ok),
         goal=goal,
-        measured=(
-            f"{sizes[0]} images {small['peak_rss_mib']:.0f} MiB, {sizes[1]} images "
-            f"{big['peak_rss_mib']:.0f} MiB peak ({ratio:.2f}x)"
-        ),
+        measured=measured,
         shortfall=None if ok else f"{ratio:.2f}x, {ratio - MEMORY_GOAL:.2f}x over",
         method=(
             f"a fresh process per shard holding one ShardWorker (the Ray actor class, outside "
@@ -137,6 +166,7 @@ def section_memory(ctx: BenchContext) -> SectionResult:
         details={"runs": {str(n): v for n, v in runs.items()}},
     )
     if not ok:
-        per = (big["peak_rss_mib"] - small["peak_rss_mib"]) * 1024 / (sizes[1] - sizes[0])
-        res.reason = f"peak grows {per:.0f} KiB per extra image: something holds the shard"
+        res.reason = (
+            f"peak grows {per_image_kib:.0f} KiB per extra image: something holds the shard"
+        )
     return res

@@ -21,19 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jobs.bench.common import (
-    BenchContext,
-    SectionResult,
-    encode_each,
-    mean_or_none,
-    measure,
-    ms,
-    table,
-    verdict,
-)
+from jobs.bench.common import BenchContext, SectionResult, encode_each, mean_psnr, table, verdict
+from jobs.bench.timing import measure, ms
 from oscar_core.hyper import match_norms
 from oscar_core.images import crop, to_uint8
-from oscar_core.metrics import psnr
 
 DDIM_STEPS = 50
 ONE_STEP_GOAL = 0.10  # one-step decode within 10% of its floor D + U
@@ -189,8 +180,6 @@ def section_one_vs_many(ctx: BenchContext) -> SectionResult:
         ratio, ideal = t50 / t1, (D + DDIM_STEPS * U) / (D + U)
         ok = over <= ONE_STEP_GOAL
         ok_all &= ok
-        q1 = [psnr(a, b) for a, b in zip(images, last["one"], strict=True)]
-        q50 = [psnr(a, b) for a, b in zip(images, last["ddim"], strict=True)]
         traj = ddim.last_trajectory
         per_rate[str(r)] = {
             "t_r": rate.t,
@@ -208,8 +197,8 @@ def section_one_vs_many(ctx: BenchContext) -> SectionResult:
             "unet_calls": len(traj["unet_timesteps"]),
             "ddim_timesteps": traj["unet_timesteps"],
             "ddim_end_t": traj["end_t"],
-            "psnr_one_step_db": mean_or_none(q1),
-            "psnr_ddim_db": mean_or_none(q50),
+            "psnr_one_step_db": mean_psnr(images, last["one"]),
+            "psnr_ddim_db": mean_psnr(images, last["ddim"]),
             "status": verdict(ok),
         }
         rows.append(

@@ -24,19 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.bench.common import (
-    BenchContext,
-    SectionResult,
-    encode_each,
-    mean_or_none,
-    measure,
-    ms,
-    table,
-    verdict,
-)
+from jobs.bench.common import BenchContext, SectionResult, encode_each, mean_psnr, table, verdict
 from jobs.bench.stage_profile import gflops, stage_profile
+from jobs.bench.timing import measure, ms
 from oscar_core.images import padded_size
-from oscar_core.metrics import psnr
 from oscar_core.precision import compute_precision
 
 # Pillow codecs at a low quality
@@ -88,9 +79,7 @@ def _bmshj(
             "encode_s": measure(encode, repeats, warmup).per(n),
             "decode_s": measure(lambda c=coded, d=decode: d(c), repeats, warmup).per(n),
             "bpp": 8 * sum(len(s[0]) for c in coded for s in c["strings"]) / pixels,
-            "psnr_db": mean_or_none(
-                [psnr(a, b) for a, b in zip(images, decode(coded), strict=True)]
-            ),
+            "psnr_db": mean_psnr(images, decode(coded)),
             "gflop_per_image": flops,
         }
         out[p]["total_s"] = out[p]["encode_s"] + out[p]["decode_s"]
@@ -125,9 +114,7 @@ def _pillow(images: list[np.ndarray], repeats: int, warmup: int) -> dict[str, An
             "encode_s": measure(encode, repeats, warmup).per(n),
             "decode_s": measure(lambda d=datas: decode(d), repeats, warmup).per(n),
             "bpp": 8 * sum(len(d) for d in datas) / pixels,
-            "psnr_db": mean_or_none(
-                [psnr(a, b) for a, b in zip(images, decode(datas), strict=True)]
-            ),
+            "psnr_db": mean_psnr(images, decode(datas)),
         }
     return out
 
@@ -150,7 +137,7 @@ def _oscar(ctx: BenchContext, p: str, r: int, ref_streams: list[bytes]) -> dict[
         "decode_s": dec.per(n),
         "total_s": enc.per(n) + dec.per(n),
         "bpp": 8 * sum(len(s) for s in streams) / pixels,
-        "psnr_db": mean_or_none([psnr(a, b) for a, b in zip(imgs, last["out"], strict=True)]),
+        "psnr_db": mean_psnr(imgs, last["out"]),
         "decoded": last["out"],  # dropped before the result is stored
     }
     if p != ctx.precisions[0]:

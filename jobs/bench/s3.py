@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from jobs.bench import shards
-from jobs.bench.common import BenchContext, SectionResult, measure, not_run, table, verdict
+from jobs.bench.common import BenchContext, SectionResult, not_run, table, verdict
+from jobs.bench.timing import measure
 from jobs.common.paths import LOCAL_S3
 
 S3_GOAL = 0.8  # open_read throughput >= 0.8x a plain boto3 get_object download

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from jobs.bench import shards
-from jobs.bench.common import BenchContext, SectionResult, Table, measure, not_run, table, verdict
+from jobs.bench.common import BenchContext, SectionResult, Table, not_run, table
 from jobs.bench.stage_profile import stage_profile
+from jobs.bench.timing import measure
 
 SCALING_GOAL = 1.7  # issue #5: 2 actors >= 1.7x one actor on this 2-core machine (85% efficiency)
 # GPU projection (section 5): assumptions, recorded with the figure
@@ -117,12 +118,12 @@ def _run_ray(api: dict[str, Any], ctx: BenchContext, src: str, out: Path, worker
     wall = time.perf_counter() - t0
     per_actor: dict[str, float] = defaultdict(float)
     images = 0
-    for shard in report["per_shard"]:
-        per_actor[shard["worker"]] += shard["seconds"]
-        images += shard["images"]
+    for shard in report.per_shard:
+        per_actor[shard.worker] += shard.seconds
+        images += shard.images
     busy = max(per_actor.values())
-    if report["shards"]["failed"]:
-        raise RuntimeError(f"encode-shards failed shards: {report['failed']}")
+    if report.shards.failed:
+        raise RuntimeError(f"encode-shards failed shards: {report.failed}")
     return {
         "actors": workers,
         "actors_seen": len(per_actor),
@@ -162,12 +163,12 @@ def section_scaling(ctx: BenchContext) -> SectionResult:
         f"= {speedup:.2f}x; GPU projection {proj['encode']['projected_images_per_s']:.0f} "
         f"enc / {proj['decode']['projected_images_per_s']:.0f} dec images/s (projected)"
     )
-    res = SectionResult(
+    res = SectionResult.judged(
+        ok,
+        f"{speedup:.2f}x, {SCALING_GOAL - speedup:.2f}x short",
         title=title,
-        status=verdict(ok),
         goal=goal,
         measured=measured,
-        shortfall=None if ok else f"{speedup:.2f}x, {SCALING_GOAL - speedup:.2f}x short",
         method=(
             f"run_encode over {n_shards} shards of {per_shard} images (rate "
             f"{shards.pipeline_rate(ctx)}), Resources(workers=1|2, cpus_per_worker=1); steady = "

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.bench.common import BenchContext, SectionResult, cycle_batches, measure, ms, table
+from jobs.bench.common import BenchContext, SectionResult, cycle_batches, table
+from jobs.bench.timing import measure, ms
 from oscar_core.hyper import channel_rms, match_norms
 from oscar_core.images import crop, pad_reflect, padded_size, to_tensor, to_uint8
 

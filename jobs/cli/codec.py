@@ -1,6 +1,8 @@
 """The codec verbs of ``oscar``: files in, files out, one process (``oscar_core.Codec``).
 
     oscar compress IN... -o OUT_DIR --rate R     -> OUT_DIR/<stem>.oscar
+    oscar compress IN... -o OUT_DIR --target psnr>=30
+                                                 -> per image, the lowest rate meeting it
     oscar decompress IN.oscar... -o OUT_DIR      -> OUT_DIR/<stem>.png
     oscar info FILE                              -> JSON on stdout
     oscar rates [--json]                         -> the rate ladder
@@ -17,7 +19,13 @@ import argparse
 import json
 from pathlib import Path
 
-from jobs.cli.common import EXIT_BAD_INPUT, add_command, add_precision, print_error
+from jobs.cli.common import (
+    EXIT_BAD_INPUT,
+    add_command,
+    add_precision,
+    add_rate_or_target,
+    print_error,
+)
 
 
 def _load_codec(args: argparse.Namespace):
@@ -60,28 +68,58 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from oscar_core.images import to_rgb_array
+    from oscar_core.target import Target
 
+    # ValueError (exit 2 in main) before any work
+    target = Target.parse(args.target) if args.target is not None else None
     targets = _targets(args, ".oscar")
     if targets is None:
         return EXIT_BAD_INPUT
     codec = _load_codec(args)
-    rate = codec.ladder.resolve(args.rate)  # ValueError -> exit 2 in main
+    rate = codec.ladder.resolve(args.rate) if target is None else None
     failed, names, arrays = 0, [], []
-    for name, target in zip(args.inputs, targets, strict=True):
+    for name, path in zip(args.inputs, targets, strict=True):
         try:
             with Image.open(name) as img:
                 img.load()
                 arrays.append(to_rgb_array(img))
-            names.append((name, target))
+            names.append((name, path))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             print_error(name, f"cannot read image: {exc}")
             failed += 1
-    streams = codec.compress(arrays, rate.index) if arrays else []
-    for (name, target), array, stream in zip(names, arrays, streams, strict=True):
-        target.write_bytes(stream)
-        h, w = array.shape[:2]
-        print(f"{name} -> {target} ({len(stream)} bytes, {8 * len(stream) / (h * w):.4f} bpp)")
+    if target is not None:
+        _write_targeted(codec, target, names, arrays)
+    else:
+        streams = codec.compress(arrays, rate.index) if arrays else []
+        for (name, path), array, stream in zip(names, arrays, streams, strict=True):
+            path.write_bytes(stream)
+            print(f"{name} -> {path} ({len(stream)} bytes, {_bpp(stream, array):.4f} bpp)")
     return EXIT_BAD_INPUT if failed else 0
+
+
+def _bpp(stream: bytes, array) -> float:
+    h, w = array.shape[:2]
+    return 8 * len(stream) / (h * w)
+
+
+def _write_targeted(codec, target, names: list, arrays: list) -> None:
+    """Each image at the lowest ladder rate whose decoded image meets ``target``; one line
+    per image, then the summary (chosen rates, met, trials, bytes against one rate for all)."""
+    from oscar_core.target import TargetSummary, compress_to_target, outcome_of
+
+    results = compress_to_target(codec, arrays, target) if arrays else []
+    outcomes = []
+    for (name, path), array, res in zip(names, arrays, results, strict=True):
+        path.write_bytes(res.stream)
+        verdict = "met" if res.met else "MISSED (top rate)"
+        print(
+            f"{name} -> {path} ({len(res.stream)} bytes, {_bpp(res.stream, array):.4f} bpp, "
+            f"rate {res.rate.index}, {target.metric} {res.achieved:.4g}: {verdict}, "
+            f"{res.trials} trials)"
+        )
+        outcomes.append(outcome_of(res, array.shape[0] * array.shape[1]))
+    if outcomes:
+        print(TargetSummary.of(target, outcomes).line())
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -168,7 +206,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files (png, jpg, webp, ...)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace existing OUT_DIR files")
-    p.add_argument("--rate", required=True, help="ladder index (0..7) or nominal bpp (0.0313)")
+    add_rate_or_target(p, required=True, rate_help="ladder index (0..7) or nominal bpp (0.0313)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_precision(p)

@@ -57,6 +57,18 @@ def add_precision(p: argparse.ArgumentParser, help_text: str | None = None) -> N
     )
 
 
+def add_rate_or_target(p: argparse.ArgumentParser, *, required: bool, rate_help: str) -> None:
+    """--rate R | --target METRIC>=VALUE (``oscar_core.target``), one or the other."""
+    how = p.add_mutually_exclusive_group(required=required)
+    how.add_argument("--rate", help=rate_help)
+    how.add_argument(
+        "--target",
+        metavar="METRIC>=VALUE",
+        help="instead of a rate: per image the lowest rate whose decoded image meets it "
+        "(METRIC: psnr, ms-ssim or ssimulacra2; e.g. psnr>=21)",
+    )
+
+
 def one_line_errors(p: argparse.ArgumentParser, command: str) -> None:
     """argparse prints the whole usage on a bad argument; we print one line, exit 2."""
 

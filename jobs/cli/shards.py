@@ -1,6 +1,6 @@
 """The shard-job verbs of ``oscar``.
 
-    oscar encode-shards SRC --out DST [--rate R | --rates-file F] [--workers N] ...
+    oscar encode-shards SRC --out DST [--rate R | --target T | --rates-file F] [--workers N] ...
     oscar decode-shards SRC.parquet... --out DST [--format png|jpg|webp] [--as-files]
     oscar status DST
     oscar recompress SRC --out DST [--quality-sample N] ...   (encode-shards + bytes/quality)
@@ -20,16 +20,20 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.cli.common import (
     EXIT_FAILED_SHARDS,
     add_command,
     add_precision,
+    add_rate_or_target,
     config_from_args,
     fail,
     one_line_errors,
 )
+
+if TYPE_CHECKING:  # pipeline is imported when a command runs
+    from pipeline.report import EncodeShards
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -85,11 +89,10 @@ def _print_failed(failed: list) -> int:
     return EXIT_FAILED_SHARDS if failed else 0
 
 
-def _print_shards(command: str, report: dict) -> None:
-    sh = report["shards"]
+def _print_shards(command: str, sh: EncodeShards) -> None:
     print(
-        f"{command}: {sh['processed']} shards done now, {sh['done_before']} before, "
-        f"{sh['failed']} failed, {sh['not_run']} not run (of {sh['total']})"
+        f"{command}: {sh.processed} shards done now, {sh.done_before} before, "
+        f"{sh.failed} failed, {sh.not_run} not run (of {sh.total})"
     )
 
 
@@ -98,15 +101,17 @@ def cmd_encode_shards(args: argparse.Namespace) -> int:
         from pipeline.runner import run_encode
 
         report = run_encode(encode_job(args))
-        _print_shards("encode-shards", report)
-        s = report["summary"]
+        _print_shards("encode-shards", report.shards)
+        s = report.summary
         print(
-            f"  images {s['images']} ({s['images_error']} errors), "
-            f"{s['source_bytes']} -> {s['bitstream_bytes']} bytes (ratio {s['ratio']}), "
-            f"mean {s['mean_bpp']} bpp, {s['images_per_s']} images/s"
+            f"  images {s.images} ({s.images_error} errors), "
+            f"{s.source_bytes} -> {s.bitstream_bytes} bytes (ratio {s.ratio}), "
+            f"mean {s.mean_bpp} bpp, {s.images_per_s} images/s"
         )
+        for t in report.targets:
+            print(f"  {t.line()}")
         print(f"  report: {args.out.rstrip('/')}/job_report.md")
-        return _print_failed(report["failed"])
+        return _print_failed(report.failed)
 
     return _guarded("encode-shards", args.verbose, run)
 
@@ -114,10 +119,11 @@ def cmd_encode_shards(args: argparse.Namespace) -> int:
 def cmd_recompress(args: argparse.Namespace) -> int:
     def run() -> int:
         from pipeline.recompress import run_recompress
-        from pipeline.report import format_table, human_bytes
+        from pipeline.recompress_report import format_table, human_bytes
+        from pipeline.report import EncodeShards
 
         report = run_recompress(encode_job(args), quality_sample=args.quality_sample)
-        _print_shards("recompress", report["encode"])
+        _print_shards("recompress", EncodeShards(**report["encode"]["shards"]))
         t = report["totals"]
         print(format_table(report))
         print(
@@ -139,46 +145,46 @@ def cmd_decode_shards(args: argparse.Namespace) -> int:
         from pipeline.runner import run_decode
 
         report = run_decode(shard_job(DecodeJob, args, parquets=args.inputs))
-        s = report["summary"]
+        s = report.summary
         print(
-            f"decode-shards: {s['parquets']} parquets, {s['images_decoded']} images decoded, "
-            f"{s['rows_skipped_error']} error rows skipped, {s['failures']} rows failed, "
-            f"{s['fallbacks']} written as png instead, {s['renamed']} images renamed, "
-            f"{s['images_per_s']} images/s"
+            f"decode-shards: {s.parquets} parquets, {s.images_decoded} images decoded, "
+            f"{s.rows_skipped_error} error rows skipped, {s.failures} rows failed, "
+            f"{s.fallbacks} written as png instead, {s.renamed} images renamed, "
+            f"{s.images_per_s} images/s"
         )
-        for name, key, why in report["row_failures"][:20]:
+        for name, key, why in report.row_failures[:20]:
             print(f"  {name}: {key}: {why}", file=sys.stderr)
-        if s["failures"] or s["fallbacks"] or s["renamed"] or s["rows_skipped_error"]:
+        if s.failures or s.fallbacks or s.renamed or s.rows_skipped_error:
             print(f"  every such row is listed in {args.out.rstrip('/')}/<name>.errors")
         print(f"  report: {args.out.rstrip('/')}/decode_report.md")
-        return EXIT_FAILED_SHARDS if report["failed"] else 0
+        return EXIT_FAILED_SHARDS if report.failed else 0
 
     return _guarded("decode-shards", args.verbose, run)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     def run() -> int:
-        from pipeline.runner import collect_status
+        from pipeline.outputs import collect_status
 
         status = collect_status(args.out)
         if args.json:
-            print(json.dumps(status, indent=2))
+            print(json.dumps(status.to_dict(), indent=2))
             return 0
-        t = status["totals"]
+        t = status.totals
         print(
-            f"{status['out']}: {len(status['done'])} done, {len(status['failed'])} failed, "
-            f"{len(status['pending'])} pending (of {status['shards']} shards)"
+            f"{status.out}: {len(status.done)} done, {len(status.failed)} failed, "
+            f"{len(status.pending)} pending (of {status.shards} shards)"
         )
         print(
-            f"  done: {t['images']} images ({t['images_error']} errors), "
-            f"{t['source_bytes']} -> {t['bitstream_bytes']} bytes, ratio {t['ratio']}"
+            f"  done: {t.images} images ({t.images_error} errors), "
+            f"{t.source_bytes} -> {t.bitstream_bytes} bytes, ratio {t.ratio}"
         )
-        for name, error in status["failed"].items():
+        for name, error in status.failed.items():
             print(f"  failed  {name}: {error}")
-        for name in status["pending"][:20]:
+        for name in status.pending[:20]:
             print(f"  pending {name}")
-        if len(status["pending"]) > 20:
-            print(f"  ... and {len(status['pending']) - 20} more pending")
+        if len(status.pending) > 20:
+            print(f"  ... and {len(status.pending) - 20} more pending")
         return 0
 
     return _guarded("status", args.verbose, run)
@@ -202,8 +208,13 @@ def _add_encode_args(p: argparse.ArgumentParser) -> None:
     """What encode-shards and recompress both take (``encode_job`` reads them)."""
     p.add_argument("src", metavar="SRC", help="shards: brace range, glob or .txt (local or s3)")
     p.add_argument("--out", required=True, metavar="DST", help="output dir or s3 prefix")
-    p.add_argument("--rate", help="default rate: ladder index (0..7) or nominal bpp")
-    p.add_argument("--rates-file", metavar="F", help="per-shard rates: JSON or 'pattern = value'")
+    rate_help = "default rate: ladder index (0..7) or nominal bpp"
+    add_rate_or_target(p, required=False, rate_help=rate_help)
+    p.add_argument(
+        "--rates-file",
+        metavar="F",
+        help="per-shard rates or targets: JSON or 'pattern = value'",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo shards already done")
     p.add_argument("--limit", type=int, help="run at most N pending shards, then stop")
     p.add_argument("--max-pixels", type=int, default=64_000_000, help="decompression-bomb limit")

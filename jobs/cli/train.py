@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+# The TrainConfig fields the flags set (each flag's dest is the field's name)
+TRAIN_FLAGS = ("data", "out", "device", "threads", "base", "sd21_dir")
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from jobs.train.config import TrainConfig
     from jobs.train.job import run
 
-    config = TrainConfig.from_json(  # flags override the file's fields (None: not given)
-        args.config,
-        data=args.data,
-        out=args.out,
-        device=args.device,
-        threads=args.threads,
-        base=args.base,
-        sd21_dir=args.sd21,
-    )
+    # flags override the file's fields of the same name (None: not given)
+    flags = {name: getattr(args, name) for name in TRAIN_FLAGS}
+    config = TrainConfig.from_json(args.config, **flags)
     return run(config, nproc=args.nproc)
 
 
@@ -30,7 +27,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="run directory (re-run to resume)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--base", default=None, help="oscar-tiny, oscar-sd21 or a model directory")
-    p.add_argument("--sd21", default=None, metavar="DIR", help="SD-2.1 dir for base oscar-sd21")
+    p.add_argument(
+        "--sd21",
+        dest="sd21_dir",
+        default=None,
+        metavar="DIR",
+        help="SD-2.1 dir for base oscar-sd21",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--nproc", type=int, default=None, help="processes (one per GPU with --device cuda)"

@@ -23,14 +23,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from jobs.demo.inputs import load_image, pack_shards, sample_paths
 from jobs.demo.servers import clear_prefix, ensure_bucket, local_ray, local_s3, say
 from oscar_core.metrics import psnr
+
+if TYPE_CHECKING:  # pipeline is imported when the demo runs
+    from pipeline.report import DecodeReport, EncodeReport
 
 BUCKET = "oscar-demo"
 PREFIX = "demo"  # s3://oscar-demo/demo/{in,enc,dec}/ (redone on every run)
@@ -99,7 +103,7 @@ def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
 
 def _run_jobs(
     paths: list[Path], base: str, model_dir: str, out_dir: Path, res: Any, endpoint: str
-) -> tuple[list[dict], list[str], dict, dict, dict]:
+) -> tuple[list[dict], list[str], EncodeReport, DecodeReport, DecodeReport]:
     """Steps 1-4 (servers up): shards in, encode, decode twice, outputs home."""
     from pipeline import storage
     from pipeline.contract import DecodeJob, EncodeJob
@@ -130,7 +134,7 @@ def _run_jobs(
         )
     )
     # 3. Decode: as shards to S3, and as files to the local output directory
-    say(f"encode-shards done in {encode['summary']['wall_seconds']} s; decode-shards x2")
+    say(f"encode-shards done in {encode.summary.wall_seconds} s; decode-shards x2")
     parquets = [f"{base}/enc/*.parquet"]
     dec_s3 = run_decode(
         DecodeJob(parquets, f"{base}/dec", model_dir, resources=res, progress=False)
@@ -190,15 +194,15 @@ def run_pipeline_demo(model: str | None, out: str, workers: int | None = None) -
         if r["status"] == "ok":
             by_rate.setdefault(r["rate_index"], []).append(originals[r["key"]])
     model_only = _model_only(codec, by_rate)
-    s = encode["summary"]
+    s = encode.summary
     image_size = "{1}x{0}".format(*originals[paths[0].stem].shape)
-    steady = [p["images_per_s"] for p in encode["per_shard"] if p["images_per_s"]]
+    steady = [p.images_per_s for p in encode.per_shard if p.images_per_s]
     summary = {
         "model": {"dir": model_dir, "name": codec.model.config.name, "id": codec.model_id.hex()},
         "images": len(paths),
         "image_size": image_size,
         "encode": {
-            k: s[k]
+            k: getattr(s, k)
             for k in (
                 "images",
                 "images_error",
@@ -210,14 +214,13 @@ def run_pipeline_demo(model: str | None, out: str, workers: int | None = None) -
                 "images_per_s",
                 "nodes",
             )
-            if k in s
         },
-        "decode_to_s3": {"tars": len(dec_tars), **dec_s3["summary"]},
-        "decode_to_files": dec_files["summary"],
+        "decode_to_s3": {"tars": len(dec_tars), **asdict(dec_s3.summary)},
+        "decode_to_files": asdict(dec_files.summary),
         "per_rate": rate_rows,
         "images_per_s": {
             "model_only": model_only,
-            "end_to_end_encode_shards": s["images_per_s"],
+            "end_to_end_encode_shards": s.images_per_s,
             "per_shard_in_actor": steady,
         },
         "startup": startup,
@@ -237,18 +240,18 @@ def run_pipeline_demo(model: str | None, out: str, workers: int | None = None) -
         "(not counted in any images/s below)"
     )
     print(
-        f"encode-shards: {s['images']} images ({s['images_error']} errors), "
-        f"{s['source_bytes']} -> {s['bitstream_bytes']} bytes (ratio {s['ratio']}), "
-        f"mean {s['mean_bpp']} bpp, {s['wall_seconds']} s, {s['images_per_s']} images/s"
+        f"encode-shards: {s.images} images ({s.images_error} errors), "
+        f"{s.source_bytes} -> {s.bitstream_bytes} bytes (ratio {s.ratio}), "
+        f"mean {s.mean_bpp} bpp, {s.wall_seconds} s, {s.images_per_s} images/s"
     )
     print(
-        f"decode-shards: {dec_s3['summary']['images_decoded']} images to {len(dec_tars)} shards "
-        f"at {base}/dec/, {dec_files['summary']['images_decoded']} to files in {out_dir / 'decoded'}"
+        f"decode-shards: {dec_s3.summary.images_decoded} images to {len(dec_tars)} shards "
+        f"at {base}/dec/, {dec_files.summary.images_decoded} to files in {out_dir / 'decoded'}"
     )
-    for p in encode["per_shard"]:
+    for p in encode.per_shard:
         print(
-            f"  {p['shard']}: rate {p['rate']}, {p['images']} images, {p['errors']} errors, "
-            f"{p['seconds']} s in the actor ({p['images_per_s']} images/s), {p['worker']}"
+            f"  {p.shard}: rate {p.rate}, {p.images} images, {p.errors} errors, "
+            f"{p.seconds} s in the actor ({p.images_per_s} images/s), {p.worker}"
         )
     print("per rate (measured bpp from the Parquet rows, PSNR of the decoded PNGs vs originals):")
     _print_table(
@@ -263,7 +266,7 @@ def run_pipeline_demo(model: str | None, out: str, workers: int | None = None) -
         ["what", "images/s"],
         [
             ["model only: Codec.compress in-process, 1 thread", model_only["images_per_s"]],
-            ["end to end: encode-shards job (actor start, S3, Parquet)", s["images_per_s"]],
+            ["end to end: encode-shards job (actor start, S3, Parquet)", s.images_per_s],
             [
                 "per shard inside an actor (read, decode PNG, code, write)",
                 ", ".join(map(str, steady)),
@@ -275,4 +278,4 @@ def run_pipeline_demo(model: str | None, out: str, workers: int | None = None) -
     )
     if codec.model.config.name == "oscar-tiny":
         print("(oscar-tiny is small and briefly trained: see docs/model-card.md for its quality)")
-    return 0 if not encode["failed"] and not dec_s3["failed"] and not dec_files["failed"] else 1
+    return 0 if not encode.failed and not dec_s3.failed and not dec_files.failed else 1

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from jobs.common.paths import LOCAL_S3
+from jobs.common.ports import free_port_pair
 
 
 def say(msg: str) -> None:
@@ -25,12 +25,6 @@ def say(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------- servers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def local_s3_command(
@@ -65,7 +59,7 @@ def local_s3() -> Iterator[dict[str, str]]:
             tmp_state = tempfile.mkdtemp(prefix="oscar-demo-s3-")
             settings = {
                 "OSCAR_S3_DIR": tmp_state,
-                "OSCAR_S3_PORT": str(_free_port()),
+                "OSCAR_S3_PORT": str(free_port_pair()),
                 "OSCAR_S3_OBJECTSTORE": "memstore",
             }
             say(

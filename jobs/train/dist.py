@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from jobs.common.ports import free_port
 
 # Per-rank seeds are spaced by this much: seed+1, +11, +22 already name other streams.
 RANK_SEED_STRIDE = 1000
@@ -181,12 +182,6 @@ def init_distributed(device: str) -> tuple[DistContext, str]:
     )
     ctx = DistContext(rank, world, local_rank, torch.device(device if cuda else "cpu"))
     return ctx, device
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def launch(target: Callable, cfg, nproc: int) -> None:

@@ -74,6 +74,7 @@ def _load(instrument: bool = False) -> None:
         "oscar_core.bitstream",
         "oscar_core.entropy",
         "oscar_core.context",
+        "oscar_core.context_coder",
         "oscar_core.codec",
     ]
     ctx = atheris.instrument_imports(include=under_test) if instrument else nullcontext()
@@ -97,7 +98,7 @@ def codec():  # noqa: ANN201 - an oscar_core.Codec
     return _codec
 
 
-def _context_coder(rate_byte: int):  # noqa: ANN202 - an oscar_core.context.ContextCoder
+def _context_coder(rate_byte: int):  # noqa: ANN202 - an oscar_core.context_coder.ContextCoder
     c = codec()
     return c.stream_coder(rate_byte % len(c.ladder)).coders[bitstream.ProbabilityModel.CONTEXT]
 

@@ -28,6 +28,7 @@ import uuid
 
 import numpy as np
 
+from jobs.common.ports import free_port_pair
 from pipeline import parquet, storage, storage_s3
 from pipeline.report import read_notes
 from tests.pipeline import mixed_shards as mixed
@@ -50,22 +51,6 @@ def check_outputs(builds: dict, out: str, dec: str, fmt: str) -> list[str]:
         notes = [vars(n) for n in read_notes(f"{dec}/{name}.errors")]
         problems += [f"{name}: {p}" for p in mixed.check(build.records, rows, output, notes, fmt)]
     return problems
-
-
-def _free_port_pair() -> int:
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
 
 
 def soak(iterations: int, seconds: float) -> int:
@@ -122,16 +107,16 @@ def soak(iterations: int, seconds: float) -> int:
                     **common,
                 )
             )
-            problems = [f"{n}: encode failed: {e}" for n, _a, e in report["failed"]]
-            problems += [f"{n}: decode failed: {e}" for n, _a, e in decoded["failed"]]
+            problems = [f"{n}: encode failed: {e}" for n, _a, e in report.failed]
+            problems += [f"{n}: decode failed: {e}" for n, _a, e in decoded.failed]
             problems += check_outputs(builds, out, dec, fmt)
             n = sum(len(b.records) for b in builds.values())
-            errors, notes = report["summary"]["images_error"], decoded["summary"]
+            errors, notes = report.summary.images_error, decoded.summary
             tag = "overwrite re-run" if run else f"rate {rate}, {workers} workers, --format {fmt}"
             verdict = "nothing lost" if not problems else f"{len(problems)} PROBLEMS"
             print(
                 f"soak {it + 1}/{iterations} ({tag}): {n} samples ({errors} errors; decode "
-                f"{notes['failures']} failed, {notes['fallbacks']} fallbacks, {notes['renamed']} "
+                f"{notes.failures} failed, {notes.fallbacks} fallbacks, {notes.renamed} "
                 f"renamed) in {len(builds)} shards: {verdict} ({time.monotonic() - t0:.1f} s)",
                 flush=True,
             )
@@ -148,7 +133,7 @@ def main() -> int:
     script_env = {
         **os.environ,
         "OSCAR_S3_DIR": state,
-        "OSCAR_S3_PORT": str(_free_port_pair()),
+        "OSCAR_S3_PORT": str(free_port_pair()),
         "OSCAR_S3_OBJECTSTORE": "memstore",
     }
     local_s3 = os.path.join(REPO, "infra", "local_s3")

@@ -1,5 +1,6 @@
-"""The context model (oscar_core/context.py, fitting.py): exact integer frequencies, causal
-order, round trips, golden bytes, hostile payloads, the per-stream choice of model."""
+"""The context model (oscar_core/context.py, context_coder.py, fitting.py): exact integer
+frequencies, causal order, round trips, golden bytes, hostile payloads, the per-stream choice
+of model."""
 
 from __future__ import annotations
 
@@ -9,20 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oscar_core import bitstream
+from oscar_core import bitstream, context_coder
 from oscar_core import context as ctx
 from oscar_core.bitstream import ProbabilityModel
 from oscar_core.context import (
     FREQ_BITS,
     N_CLASSES,
-    ContextCoder,
     ContextModel,
     RateContext,
-    StreamCoder,
     context_class,
     neighbours,
-    wavefronts,
 )
+from oscar_core.context_coder import ContextCoder, StreamCoder, wavefronts
 from oscar_core.entropy import IndexCoder, max_payload_bytes, uniform_pmf
 from oscar_core.errors import BitstreamError
 from oscar_core.fitting import estimate_rate_context, quantise_rows, spherical_kmeans
@@ -171,7 +170,7 @@ def test_encoder_chunking_does_not_change_the_bytes(fitted, monkeypatch):
     coder = ContextCoder(fitted)
     grid = smooth_grid(30, 40, fitted.K, seed=3)
     data = coder.encode(grid)
-    monkeypatch.setattr(ctx, "CHUNK_ELEMENTS", 7 * fitted.K)  # 7 symbols at a time
+    monkeypatch.setattr(context_coder, "CHUNK_ELEMENTS", 7 * fitted.K)  # 7 symbols at a time
     assert coder.encode(grid) == data
 
 

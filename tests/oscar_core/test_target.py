@@ -3,6 +3,7 @@ target at the lowest rate that does (checked against coding at every rate), in f
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,14 @@ from PIL import Image
 
 from oscar_core.codec import Codec
 from oscar_core.images import center_crop
-from oscar_core.target import Target, compress_to_target
+from oscar_core.target import (
+    Outcome,
+    Target,
+    TargetSummary,
+    compress_to_target,
+    outcome_of,
+    single_rate_alternative,
+)
 
 SAMPLES = Path(__file__).parents[2] / "jobs" / "samples"
 
@@ -86,3 +94,45 @@ def test_bad_targets_are_clear_errors(text, message):
 def test_parse_and_print():
     assert Target.parse(" MS-SSIM >= 0.95") == Target("ms-ssim", 0.95)
     assert str(Target.parse("ssimulacra2>=60")) == "ssimulacra2>=60"
+
+
+def test_summary_prices_one_rate_for_all_from_the_trials(shipped, photos, every_rate):
+    value = float(np.median([row[3] for row in every_rate]))
+    target = Target("psnr", value)
+    results = compress_to_target(shipped, photos, target)
+    pixels = [p.shape[0] * p.shape[1] for p in photos]
+    summary = TargetSummary.of(
+        target, [outcome_of(r, n) for r, n in zip(results, pixels, strict=True)]
+    )
+    assert summary.images == len(photos) and summary.met == sum(r.met for r in results)
+    assert summary.bytes == sum(len(r.stream) for r in results)
+    assert summary.rates == dict(Counter(r.rate.index for r in results))
+    assert summary.mean_trials == sum(r.trials for r in results) / len(results)
+    # one rate for all: the highest chosen among the images that met the target
+    single = summary.single_rate
+    assert single.rate_index == max(r.rate.index for r in results if r.met)
+    truth = shipped.compress(photos, single.rate_index)  # every image coded at that rate
+    exact = [r.rate.index == single.rate_index or single.rate_index in r.tried for r in results]
+    assert single.estimated == exact.count(False)
+    known = sum(len(s) for s, e in zip(truth, exact, strict=True) if e)
+    tried = sum(r.tried[single.rate_index][0] for r in results if single.rate_index in r.tried)
+    assert tried == known  # the trials' byte counts are those of the streams
+    assert abs(single.bytes - sum(len(s) for s in truth)) <= 0.15 * sum(len(s) for s in truth)
+    assert summary.saving == pytest.approx(1 - summary.bytes / single.bytes)
+    assert summary.to_dict()["single_rate"]["rate_index"] == single.rate_index
+    assert f"{summary.met}/{summary.images} met" in summary.line()
+
+
+def test_single_rate_estimate_scales_an_image_s_own_bytes():
+    outcomes = [
+        Outcome(rate_index=2, met=True, tried={1: (10, 20.0), 2: (30, 31.0)}, pixels=100),
+        Outcome(rate_index=5, met=True, tried={3: (40, 29.0), 5: (80, 30.5)}, pixels=200),
+        Outcome(rate_index=7, met=False, tried={5: (60, 25.0), 7: (90, 26.0)}, pixels=100),
+        Outcome(rate_index=1, met=True, tried={1: (12, 30.2), 3: (44, 33.0)}, pixels=100),
+    ]
+    single = single_rate_alternative(outcomes)
+    # rate 5: exact for the 2nd and 3rd; the 4th: 44 bytes at rate 3 x 80/40 (the 2nd tried
+    # both); the 1st tried no rate another image tried with 5: 140 bytes / 300 px x 100 px
+    assert single.rate_index == 5 and single.estimated == 2
+    assert single.bytes == round(80 + 60 + 44 * 80 / 40 + 140 / 300 * 100)
+    assert single_rate_alternative([]) is None

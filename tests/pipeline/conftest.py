@@ -1,4 +1,5 @@
-"""Fixtures for the pipeline tests: a seeded tiny model directory and one local Ray.
+"""Fixtures for the pipeline tests: ``root`` (a local and an S3 base URL), a seeded tiny
+model directory and one local Ray.
 
 The S3 server fixtures (``s3_env``, ``s3_bucket``) come from tests/s3_server.py.
 """
@@ -6,10 +7,20 @@ The S3 server fixtures (``s3_env``, ``s3_bucket``) come from tests/s3_server.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 # ----------------------------------------------------------------- shard pipeline fixtures
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A writable base URL without trailing slash: a tmp dir, or ``s3://<fresh bucket>``
+    (both storage backends held to one contract)."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return "s3://" + request.getfixturevalue("s3_bucket")
 
 
 @pytest.fixture(scope="session")

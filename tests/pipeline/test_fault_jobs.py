@@ -34,6 +34,7 @@ from jobs.cli.main import main as cli_main
 from oscar_core import bitstream
 from pipeline import parquet, storage, storage_s3
 from pipeline.contract import DecodeTask, EncodeJob, Resources, WorkerConfig
+from pipeline.report import EncodeReport
 from pipeline.runner import run_encode
 from pipeline.samples import decode_image
 from pipeline.worker import ShardWorker
@@ -101,11 +102,11 @@ def test_sigkilled_actor_mid_shard_is_replaced(s3_bucket, ray_cluster, tiny_mode
     assert not driver.is_alive(), "the job did not finish after the kill"
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
-    report: dict = outcome["report"]  # type: ignore[assignment]
+    report: EncodeReport = outcome["report"]  # type: ignore[assignment]
 
-    assert report["shards"]["processed"] == n_shards and report["failed"] == []
-    assert sorted(s["attempt"] for s in report["per_shard"]) == [1] * (n_shards - 1) + [2]
-    original, replacement = report["workers"]
+    assert report.shards.processed == n_shards and report.failed == []
+    assert sorted(s.attempt for s in report.per_shard) == [1] * (n_shards - 1) + [2]
+    original, replacement = report.workers
     assert original["pid"] == victim.pid
     assert "worker died" in replacement["replaced_after"]
     assert replacement["pid"] != victim.pid

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,29 +41,13 @@ from botocore.config import Config
 
 from jobs.cli.main import main as cli_main
 from jobs.common.paths import LOCAL_S3, REPO
+from jobs.common.ports import free_port_pair
 from pipeline import storage, storage_s3
 from tests.pipeline.shards import image_bytes, tar_bytes
 
 CANARY = f"oscar-canary-{uuid.uuid4().hex}"  # the secret key that must never be written
 N_SHARDS, PER_SHARD = 3, 16
 OUTAGE_S = 6.0  # the gateway stays down this long (the job's backoff: 1, 2, 4, 8, 16 s)
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p + 1 free on 127.0.0.1 (radosgw on p, the monitor on p + 1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port > 65000:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
 
 
 @dataclass
@@ -98,7 +81,7 @@ def fault_s3() -> Iterator[FaultS3]:
     state = tempfile.mkdtemp(prefix="oscar-fault-s3-", dir=os.environ.get("TMPDIR", "/tmp"))
     script_env = {
         "OSCAR_S3_DIR": state,
-        "OSCAR_S3_PORT": str(_free_port_pair()),
+        "OSCAR_S3_PORT": str(free_port_pair()),
         "OSCAR_S3_OBJECTSTORE": "memstore",
         "OSCAR_S3_ACCESS_KEY": "oscar-fault",
         "OSCAR_S3_SECRET_KEY": CANARY,

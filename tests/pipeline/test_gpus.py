@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from jobs.cli.main import main as cli_main
-from pipeline import dispatch, worker
+from pipeline import dispatch, placement, worker
 from pipeline.contract import EncodeTask, Resources, WorkerConfig
 from pipeline.dispatch import WorkersFailedToStart, check_resources
-from pipeline.worker import ShardWorker, pick_device
+from pipeline.placement import pick_device
+from pipeline.worker import ShardWorker
 from tests.pipeline.shards import image_bytes, tar_bytes
 
 
@@ -71,7 +72,7 @@ def test_pick_device_with_cuda_is_the_first_visible_gpu(monkeypatch):
 
 def test_pick_device_given_a_gpu_without_cuda_is_an_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.delenv(worker.FAKE_GPUS_ENV, raising=False)
+    monkeypatch.delenv(placement.FAKE_GPUS_ENV, raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
     with pytest.raises(RuntimeError) as info:
         pick_device(["1", "2"])
@@ -84,13 +85,13 @@ def test_pick_device_given_a_gpu_without_cuda_is_an_error(monkeypatch):
 
 def test_pick_device_on_fake_gpus_is_the_cpu_when_asked(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv(worker.FAKE_GPUS_ENV, "1")  # tests: Ray's pretend GPUs
+    monkeypatch.setenv(placement.FAKE_GPUS_ENV, "1")  # tests: Ray's pretend GPUs
     assert pick_device(["0"]) == "cpu"
 
 
 def test_worker_given_a_gpu_without_cuda_fails_before_loading_the_model(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.delenv(worker.FAKE_GPUS_ENV, raising=False)
+    monkeypatch.delenv(placement.FAKE_GPUS_ENV, raising=False)
     monkeypatch.setattr(worker, "ray_gpu_ids", lambda: [0])
     # a missing model would raise FileNotFoundError: the GPU check comes first
     with pytest.raises(RuntimeError, match=r"Ray assigned GPU 0 .* is False"):
@@ -110,11 +111,11 @@ def test_actor_error_names_the_init_exception():
         '  File "pipeline/worker.py", line 1, in pick_device\n'
         "RuntimeError: Ray assigned GPU 0 to this worker\n"
     )
-    assert dispatch._actor_error(_FakeActorDied(ray_message)) == (
+    assert dispatch.actor_error(_FakeActorDied(ray_message)) == (
         "RuntimeError: Ray assigned GPU 0 to this worker"
     )
     died = Exception("The actor died unexpectedly before finishing this task.\n\tpid: 7")
-    assert dispatch._actor_error(died) == "The actor died unexpectedly before finishing this task."
+    assert dispatch.actor_error(died) == "The actor died unexpectedly before finishing this task."
 
 
 @pytest.mark.cuda

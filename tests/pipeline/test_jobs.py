@@ -21,7 +21,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
@@ -37,7 +37,9 @@ from jobs.common.paths import REPO
 from pipeline import storage, storage_s3
 from pipeline.contract import DecodeJob, EncodeJob, Resources
 from pipeline.dispatch import run_tasks
-from pipeline.runner import collect_status, run_decode, run_encode
+from pipeline.outputs import collect_status
+from pipeline.report import EncodeReport
+from pipeline.runner import run_decode, run_encode
 from tests.pipeline.shards import image_bytes, tar_bytes, truncate_in_member
 from tests.s3_server import empty_and_delete_bucket
 
@@ -138,7 +140,7 @@ def encode_job(ds: Dataset, out: str, model: str, **kw) -> EncodeJob:
 
 
 @pytest.fixture(scope="module")
-def encoded(dataset, ray_cluster, tiny_model_dir) -> dict:
+def encoded(dataset, ray_cluster, tiny_model_dir) -> EncodeReport:
     # Default resources: one actor per (fake) GPU.
     return run_encode(encode_job(dataset, "enc", tiny_model_dir, resources=Resources()))
 
@@ -200,16 +202,16 @@ def test_every_key_once_with_pyarrow_on_s3(encoded, dataset, s3_env):
 def test_report_config_and_stats(encoded, dataset):
     n_keys = sum(len(k) for k in dataset.keys.values())
     n_err = sum(len(e) for e in dataset.errors.values())
-    s = encoded["summary"]
-    assert encoded["shards"] == {
+    s = encoded.summary
+    assert asdict(encoded.shards) == {
         "total": 3,
         "done_before": 0,
         "processed": 3,
         "failed": 0,
         "not_run": 0,
     }
-    assert (s["images"], s["images_error"]) == (n_keys, n_err)
-    assert s["ratio"] > 1 and s["images_per_s"] > 0
+    assert (s.images, s.images_error) == (n_keys, n_err)
+    assert s.ratio > 1 and s.images_per_s > 0
     names = {u.rsplit("/", 1)[1] for u in storage.list_prefix(dataset.url("enc/"))}
     assert {"job_config.json", "job_report.json", "job_report.md"} <= names
     assert {f"shard-00000{i}.stats.json" for i in range(3)} <= names
@@ -224,11 +226,11 @@ def test_report_config_and_stats(encoded, dataset):
 
 
 def test_each_gpu_actor_gets_its_own_gpu(encoded):
-    workers = encoded["workers"]
+    workers = encoded.workers
     pinned = sorted((tuple(w["gpu_ids"]), w["cuda_visible_devices"]) for w in workers)
     assert pinned == [(("0",), "0"), (("1",), "1")]
     assert {w["device"] for w in workers} == {"cpu"}  # fake GPUs (OSCAR_FAKE_GPUS=1): the CPU
-    devices = {r["worker"].split()[-1] for r in encoded["per_shard"]}
+    devices = {r.worker.split()[-1] for r in encoded.per_shard}
     assert devices == {"cpu"}
 
 
@@ -240,8 +242,8 @@ def test_second_run_skips_all_shards(encoded, dataset, tiny_model_dir):
 
     before = stamps()
     report = run_encode(encode_job(dataset, "enc", tiny_model_dir))
-    assert report["shards"]["done_before"] == 3 and report["shards"]["processed"] == 0
-    assert report["workers"] == []  # no actor was even started
+    assert report.shards.done_before == 3 and report.shards.processed == 0
+    assert report.workers == []  # no actor was even started
     assert stamps() == before
 
 
@@ -251,7 +253,7 @@ def test_decode_as_shards_and_as_files(encoded, dataset, tiny_model_dir, tmp_pat
         DecodeJob(parquets, dataset.url("dec"), tiny_model_dir, resources=CPU, progress=False)
     )
     n_ok = len(dataset.sizes)
-    assert report["summary"]["images_decoded"] == n_ok and report["summary"]["failures"] == 0
+    assert report.summary.images_decoded == n_ok and report.summary.failures == 0
     local = download(
         [u for u in storage.list_prefix(dataset.url("dec/")) if u.endswith(".tar")], tmp_path
     )
@@ -291,20 +293,20 @@ def test_decode_as_shards_and_as_files(encoded, dataset, tiny_model_dir, tmp_pat
 
 def test_resume_after_a_limited_run(dataset, ray_cluster, tiny_model_dir, tmp_path, capsys):
     first = run_encode(encode_job(dataset, "resume", tiny_model_dir, limit=1))
-    assert first["shards"]["processed"] == 1 and first["shards"]["not_run"] == 2
+    assert first.shards.processed == 1 and first.shards.not_run == 2
     status = collect_status(dataset.url("resume"))
-    assert (len(status["done"]), len(status["pending"]), status["failed"]) == (1, 2, {})
+    assert (len(status.done), len(status.pending), status.failed) == (1, 2, {})
     assert cli_main(["status", dataset.url("resume")]) == 0
     assert "1 done, 0 failed, 2 pending (of 3 shards)" in capsys.readouterr().out
 
     second = run_encode(encode_job(dataset, "resume", tiny_model_dir))
-    assert second["shards"]["done_before"] == 1 and second["shards"]["processed"] == 2
+    assert second.shards.done_before == 1 and second.shards.processed == 2
     assert_every_key_once(dataset, duckdb_rows(dataset, "resume", tmp_path / "a"))
 
     # --overwrite forgets every done marker first, so a redo cut short leaves shards pending
     third = run_encode(encode_job(dataset, "resume", tiny_model_dir, overwrite=True, limit=1))
-    assert third["shards"]["done_before"] == 0 and third["shards"]["processed"] == 1
-    assert len(collect_status(dataset.url("resume"))["pending"]) == 2
+    assert third.shards.done_before == 0 and third.shards.processed == 1
+    assert len(collect_status(dataset.url("resume")).pending) == 2
     assert_every_key_once(dataset, duckdb_rows(dataset, "resume", tmp_path / "b"))
 
 
@@ -344,8 +346,8 @@ def test_killed_driver_then_rerun(dataset, ray_cluster, tiny_model_dir, tmp_path
             progress=False,
         )
     )
-    assert report["shards"]["done_before"] == done_at_kill
-    assert report["shards"]["processed"] == 6 - done_at_kill
+    assert report.shards.done_before == done_at_kill
+    assert report.shards.processed == 6 - done_at_kill
     local = download(parquet_urls(dataset, "kill-out"), tmp_path / "kill")
     counts = duckdb.sql(
         f"SELECT shard, count(*), count(DISTINCT key) FROM read_parquet('{local}/*.parquet') "
@@ -362,16 +364,16 @@ def test_missing_shard_is_retried_then_reported(dataset, ray_cluster, tiny_model
     storage.put_bytes(listing, f"{dataset.shards[0]}\n{dataset.url('in/gone.tar')}\n".encode())
     job = encode_job(dataset, "fail", tiny_model_dir, src=listing, rate="1", rates_file=None)
     report = run_encode(job)
-    assert report["shards"]["processed"] == 1 and report["shards"]["failed"] == 1
-    ((name, attempts, error),) = report["failed"]
+    assert report.shards.processed == 1 and report.shards.failed == 1
+    ((name, attempts, error),) = report.failed
     assert (name, attempts) == ("gone", 2) and "no such object" in error
     status = collect_status(dataset.url("fail"))
-    assert list(status["failed"]) == ["gone"] and "no such object" in status["failed"]["gone"]
+    assert list(status.failed) == ["gone"] and "no such object" in status.failed["gone"]
     # the shard appears; a re-run does only it and clears the failure marker
     storage.put_bytes(dataset.url("in/gone.tar"), storage.read_bytes(dataset.shards[2]))
-    assert run_encode(job)["shards"]["processed"] == 1
+    assert run_encode(job).shards.processed == 1
     status = collect_status(dataset.url("fail"))
-    assert (len(status["done"]), status["failed"]) == (2, {})
+    assert (len(status.done), status.failed) == (2, {})
 
 
 def test_dispatch_retries_with_backoff_and_replaces_dead_actors(ray_cluster, tmp_path):

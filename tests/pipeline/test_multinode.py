@@ -22,7 +22,6 @@ import os
 import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.common.paths import REPO
+from jobs.common.ports import free_port
 from tests.pipeline.shards import image_bytes, tar_bytes
 
 N_SHARDS, PER_SHARD = 4, 3
@@ -67,12 +67,6 @@ print("READY", json.dumps(alive), flush=True)
 while True:
     time.sleep(3600)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray_env() -> dict[str, str]:
@@ -149,7 +143,7 @@ class TwoNodes:
 def two_nodes() -> Iterator[TwoNodes]:
     # Ray's unix socket paths must stay short (< 108 bytes): a short dir in /tmp.
     temp_dir = tempfile.mkdtemp(prefix="oscar-mn-", dir="/tmp")
-    port, env, groups = _free_port(), _ray_env(), []
+    port, env, groups = free_port(), _ray_env(), []
     node = None
     try:
         head = subprocess.Popen(
@@ -157,8 +151,8 @@ def two_nodes() -> Iterator[TwoNodes]:
             + ["--num-cpus", "1", "--num-gpus", "0", "--include-dashboard", "false"]
             + ["--temp-dir", temp_dir, "--disable-usage-stats"]
             + ["--object-store-memory", str(100 << 20)]
-            + ["--dashboard-agent-listen-port", str(_free_port())]
-            + ["--ray-client-server-port", str(_free_port())],
+            + ["--dashboard-agent-listen-port", str(free_port())]
+            + ["--ray-client-server-port", str(free_port())],
             env=env,
             start_new_session=True,  # its daemons keep this process group after it exits
             stdout=subprocess.PIPE,

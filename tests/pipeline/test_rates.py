@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from oscar_core import get_config
+from oscar_core.target import Target
 from pipeline.rates import RatePlan, parse_rates_text
 
 LADDER = get_config("oscar-tiny").rate_ladder()  # bpp 0.0019 0.0098 0.0313 0.043 0.0625 ...
@@ -85,3 +86,40 @@ def test_bad_default_and_missing_file(tmp_path):
 
 def test_parse_keeps_order():
     assert parse_rates_text("b = 1\na = 2.5\n") == [("b", 1), ("a", 2.5)]
+
+
+def test_quality_targets_as_default_and_per_shard(tmp_path):
+    text = "shard-000002.tar = psnr>=30\ns3://bkt/hard/* = ssimulacra2 >= 40\nshard-*.tar = 3\n"
+    plan = plan_from(tmp_path, text)
+    codings = plan.resolve_all(SHARDS)
+    assert codings[SHARDS[2]] == Target("psnr", 30)
+    assert codings[SHARDS[4]] == Target("ssimulacra2", 40)  # a "/" rule: the whole URL
+    assert codings[SHARDS[1]] == LADDER[3]
+    assert plan.to_dict()["rules"][0] == {
+        "pattern": "shard-000002.tar",
+        "value": "psnr>=30",
+        "target": "psnr>=30",
+    }
+    json_plan = plan_from(tmp_path, json.dumps({"shard-000001.tar": "ms-ssim>=0.9"}), rate="1")
+    assert json_plan.rate_for(SHARDS[1]) == Target("ms-ssim", 0.9)
+    assert json_plan.rate_for(SHARDS[0]) == LADDER[1]
+    default = RatePlan.build(LADDER, None, None, target="psnr>=28")
+    assert default.rate_for(SHARDS[0]) == Target("psnr", 28)
+    assert default.to_dict()["default"] == {"target": "psnr>=28"}
+
+
+@pytest.mark.parametrize(
+    ("rate", "target", "text", "message"),
+    [
+        ("1", "psnr>=30", None, "not both"),
+        (None, "lpips>=0.1", None, "Invalid target metric"),
+        ("1", None, '{"a": "psnr>=x"}', "is not a number"),
+        ("1", None, "a = vmaf>=90", "Invalid target metric"),
+    ],
+)
+def test_bad_targets(tmp_path, rate, target, text, message):
+    with pytest.raises(ValueError, match=message):
+        if text is None:
+            RatePlan.build(LADDER, rate, None, target=target)
+        else:
+            plan_from(tmp_path, text, rate=rate)

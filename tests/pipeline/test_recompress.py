@@ -20,7 +20,7 @@ from oscar_core import get_config
 from pipeline import storage
 from pipeline.contract import EncodeTask, QualityTask, WorkerConfig
 from pipeline.recompress import QualityWorker, pick_evenly
-from pipeline.report import human_bytes
+from pipeline.recompress_report import human_bytes
 from pipeline.storage_base import StorageError
 from pipeline.worker import ShardWorker
 from tests.pipeline.shards import image_bytes, tar_bytes

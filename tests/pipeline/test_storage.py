@@ -1,7 +1,7 @@
 """Tests for pipeline.storage against local directories and a real S3 server (Ceph radosgw).
 
-Most behaviours run twice through the ``root`` fixture: once under a tmp dir and once under
-a fresh bucket, so both backends are held to one contract.  The s3 variants need the server
+Most behaviours run twice through the ``root`` fixture (conftest.py): once under a tmp dir
+and once under a fresh bucket, so both backends are held to one contract.  The s3 variants need the server
 from ``infra/local_s3`` (see conftest.py); local-only selections never start it.
 """
 
@@ -20,14 +20,6 @@ from pipeline import storage, storage_s3
 from pipeline.storage_base import Location, StorageError, parse_url
 
 MiB = 1 << 20
-
-
-@pytest.fixture(params=["local", "s3"])
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A writable base URL without trailing slash: a tmp dir, or ``s3://<fresh bucket>``."""
-    if request.param == "local":
-        return str(tmp_path / "store")
-    return "s3://" + request.getfixturevalue("s3_bucket")
 
 
 def _payload(n: int) -> bytes:

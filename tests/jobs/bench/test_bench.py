@@ -23,7 +23,7 @@ from oscar_core import Codec
 from oscar_core.precision import cpu_supports_bf16
 from tests.conftest import smooth_image
 
-SECTIONS = [1, 2, 3, 7]
+SECTIONS = [1, 2, 3, 7, 10, 11]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -112,6 +112,14 @@ def test_section_contents(bench_run):
     )
     assert sections[7]["indices_identical"] is True
     assert sections[7]["status"] == "miss" and "no context model" in sections[7]["reason"]
+    for target in ("psnr>=20.5", "ms-ssim>=0.75"):
+        t = sections[10]["per_target"][target]
+        assert t["images"] == 1 and sum(t["rates"].values()) == 1
+        assert t["higher_than_needed"] == 0 or t["quality_monotone_images"] == 0
+        assert t["bytes_targeted"] > 0 and t["bytes_single_rate"] > 0
+    read = sections[11]["figures"]
+    assert read["archive_images_per_s"] > 0 and read["png_images_per_s"] > 0
+    assert read["archive_bytes"] < read["png_bytes"]  # bitstreams are smaller than PNGs
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +181,9 @@ def test_ddim_matches_stock_diffusers_loop_on_an_integer_grid(codec):
 
 
 def test_parse_sections():
-    assert parse_sections(None) == list(range(1, 9))
+    assert parse_sections(None) == list(range(1, 12))
     assert parse_sections("7,1, 2") == [1, 2, 7]
-    for bad in ("9", "0", "a", ","):
+    for bad in ("12", "0", "a", ","):
         with pytest.raises(ValueError):
             parse_sections(bad)
 
@@ -183,6 +191,7 @@ def test_parse_sections():
 def test_pipeline_sections_say_not_run_when_pipeline_is_missing(monkeypatch, tmp_path):
     from jobs.bench import shards
     from jobs.bench.common import BenchContext
+    from jobs.bench.decode_memory import section_decode_memory
     from jobs.bench.efficiency import section_efficiency
     from jobs.bench.memory import section_memory
 
@@ -200,7 +209,7 @@ def test_pipeline_sections_say_not_run_when_pipeline_is_missing(monkeypatch, tmp
         batch_sizes=(1,),
         work_dir=tmp_path,
     )
-    for fn in (section_efficiency, section_memory):
+    for fn in (section_efficiency, section_memory, section_decode_memory):
         res = fn(ctx).to_json()  # its bench.json entry
         assert res["status"] == "not run: pipeline missing (x)"
         assert res["figures"] == {} and res["measured"] is None and res["todo"]
