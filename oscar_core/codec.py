@@ -18,6 +18,13 @@ AVX512-BF16 CPU); the VQ argmax and entropy coding stay fp32/integer. Outputs ar
 types (float32 tensors inside, uint8 images out). A bf16 decode differs from the fp32 decode
 of the same stream by a fraction of one 8-bit level on average (docs/benchmarks/README.md);
 the determinism statements above are for fp32.
+
+Large images (``tile``, default 1024 px; ``oscar_core.tiling``): an image whose padded size
+exceeds tile**2 pixels goes through the autoencoder (and, over (2 tile)**2, the denoiser) in
+overlapping tiles with linear blending, so its working memory is set by the tile; the
+hyper-encoder, the indices and the bitstream stay one per image (the format is unchanged).
+The decoder's tiling is a fixed function of the stream's size, the model and its own
+``tile``: decode with the default (or one fixed ``tile``) for reproducible pixels.
 """
 
 from __future__ import annotations
@@ -87,8 +94,9 @@ class Codec:
         self.max_pixels = max_pixels
         # Tiled latent coding (``tiling.py``): an image whose padded size exceeds tile**2
         # pixels goes through the autoencoder in overlapping tiles of ``tile`` pixels (the
-        # denoiser: UNET_TILE_FACTOR x ``tile``, over its square); 0 never tiles. The decoder's grid follows from the header's size,
-        # the model's padding and this setting (the stream does not depend on it).
+        # denoiser: UNET_TILE_FACTOR x ``tile``, over its square); 0 never tiles. The
+        # decoder's grid follows from the header's size, the model's padding and this
+        # setting; the stream does not depend on the encoder's (the indices and RMS say all).
         self.tile = check_tile(tile)
         self.device = torch.device(device)
         # "fp32" or "bf16" (ValueError where the device has no native bf16)
