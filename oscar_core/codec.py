@@ -48,6 +48,7 @@ from .images import (
     pad_reflect,
     padded_index,
     padded_size,
+    pixel_limit_error,
     rgb_arrays,
     to_rgb_array,
     to_tensor,
@@ -177,13 +178,9 @@ class Codec:
         # 1. Check inputs (all of them, before any work)
         r = self.ladder.resolve(rate)
         arrays = rgb_arrays(images)
-        for i, array in enumerate(arrays):
-            height, width = array.shape[:2]
-            if height * width > self.max_pixels:  # the limit parse applies to streams
-                raise ValueError(
-                    f"image {i}: too many pixels: {width}x{height} = {height * width} exceeds "
-                    f"max_pixels = {self.max_pixels} (raise it with --max-pixels)"
-                )
+        for i, array in enumerate(arrays):  # the limit parse applies to streams
+            if error := pixel_limit_error(array.shape[1], array.shape[0], self.max_pixels):
+                raise ValueError(f"image {i}: {error}")
         out: list[bytes | None] = [None] * len(arrays)
         # 2. Code same-size images together
         for positions in self._batches([a.shape[:2] for a in arrays]):
@@ -284,12 +281,9 @@ class Codec:
                 f"rate index {header.rate_index} not on this model's ladder (0..{len(self.ladder) - 1})"
             )
         rate = self.ladder[header.rate_index]
-        pixels = header.height * header.width
-        if pixels > self.max_pixels:  # before entropy decoding: a bomb costs nothing
-            raise BitstreamError(
-                f"too many pixels: {header.width}x{header.height} = {pixels} exceeds "
-                f"max_pixels = {self.max_pixels} (raise it with --max-pixels)"
-            )
+        # before entropy decoding: a bomb costs nothing
+        if error := pixel_limit_error(header.width, header.height, self.max_pixels):
+            raise BitstreamError(error)
         # The padded latent (B,4,ph/8,pw/8) follows from (H, W) and the rate's padding rule;
         # the code grid is that divided by the hyper-encoder's downsampling.
         ph, pw = padded_size(header.height, header.width, self.model.pad_multiple(rate.index))

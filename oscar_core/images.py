@@ -64,6 +64,16 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def pixel_limit_error(width: int, height: int, max_pixels: int) -> str | None:
+    """Why an image of ``width x height`` is refused under ``max_pixels``, or None."""
+    if width * height <= max_pixels:
+        return None
+    return (
+        f"too many pixels: {width}x{height} = {width * height} exceeds max_pixels = "
+        f"{max_pixels} (raise it with --max-pixels)"
+    )
+
+
 def to_tensor(batch: list[np.ndarray]) -> Tensor:
     """Same-size (H,W,3) uint8 arrays -> (B,3,H,W) float32 in [-1, 1]."""
     x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float()
