@@ -59,7 +59,15 @@ from .ladder import Rate, RateLadder
 from .model import OscarModel
 from .precision import compute_precision, configure_cuda_determinism, resolve_precision
 from .registry import get_config
-from .tiling import DEFAULT_TILE, UNET_TILE_FACTOR, check_tile, tile_grid, tiled_map
+from .tiling import (
+    DEFAULT_TILE,
+    UNET_TILE_FACTOR,
+    check_tile,
+    tile_grid,
+    tiled_decode_indices,
+    tiled_encode_indices,
+    tiled_map,
+)
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "oscar-tiny"
 # Largest image coded or decoded (64 MP: an 8000x8000 photo passes, a 1e9-pixel bomb does
@@ -164,6 +172,11 @@ class Codec:
             z0_hat = self.model.denoiser(x_t, t_r)
         return z0_hat.float()
 
+    def encode_indices(self, z0: torch.Tensor, rate_index: int) -> torch.Tensor:
+        """z0 (B,4,h,w) -> indices (B,h/d,w/d) int64 (argmax cosine, fp32 whatever the
+        precision: bf16 flips many), in exact tiles above the tile size (``tiling.py``)."""
+        return tiled_encode_indices(self.model.hypers[rate_index], z0, self.tile)
+
     def latent_decode(self, z0_hat: torch.Tensor) -> torch.Tensor:
         """z0_hat (B,4,h,w) -> x_hat (B,3,8h,8w) float32 in [-1,1]."""
         with compute_precision(self.precision, self.device):
@@ -217,7 +230,7 @@ class Codec:
         z0 = self._latents(batch, self.model.pad_multiple(rate.index))  # (B,4,ph/8,pw/8)
         rms = channel_rms(z0).cpu()  # (B,4); Header rounds it to the 1/16-octave code
         # fp32 whatever the precision: bf16 here flips many argmax indices (precision.py)
-        indices = self.model.hypers[rate.index].encode_indices(z0).cpu().numpy()  # (B,hc,wc)
+        indices = self.encode_indices(z0, rate.index).cpu().numpy()  # (B,hc,wc)
         return self.pack_streams(indices, rms, rate.index, height, width)
 
     def pack_streams(
@@ -251,7 +264,7 @@ class Codec:
         for array in rgb_arrays(images):
             z0 = self._latents([array], multiple)
             for r in self.ladder:
-                indices = self.model.hypers[r.index].encode_indices(z0).cpu().numpy()
+                indices = self.encode_indices(z0, r.index).cpu().numpy()
                 counts[r.index] += np.bincount(indices.ravel(), minlength=r.K)
         return counts
 
@@ -267,7 +280,7 @@ class Codec:
             multiple = self.model.pad_multiple(r.index)
             if multiple not in z0s:
                 z0s[multiple] = self._latents([array], multiple)  # (1,4,ph/8,pw/8)
-            grids.append(self.model.hypers[r.index].encode_indices(z0s[multiple])[0].cpu().numpy())
+            grids.append(self.encode_indices(z0s[multiple], r.index)[0].cpu().numpy())
         return grids
 
     # -- decode ------------------------------------------------------------------------
@@ -319,7 +332,8 @@ class Codec:
         rate, header = batch[0].rate, batch[0].header
         indices = torch.from_numpy(np.stack([p.indices for p in batch])).to(self.device)
         rms = torch.tensor([p.header.rms for p in batch], dtype=torch.float32, device=self.device)
-        z_tilde = self.model.hypers[rate.index].decode_indices(indices)  # (B,4,h,w)
+        channels = self.model.config.autoencoder.latent_channels
+        z_tilde = tiled_decode_indices(self.model.hypers[rate.index], indices, self.tile, channels)
         x_t = match_norms(z_tilde, rms)  # the noisy state at t_r (norms of the whole image)
         t_r = torch.full((len(batch),), rate.t, dtype=torch.long, device=self.device)
         h, w = x_t.shape[2:]

@@ -18,7 +18,10 @@ from oscar_core.tiling import (
     axis_tiles,
     axis_weights,
     check_tile,
+    cropped_map,
     tile_grid,
+    tiled_decode_indices,
+    tiled_encode_indices,
     tiled_map,
 )
 from tests.conftest import smooth_image
@@ -46,8 +49,8 @@ def test_tile_grid_rule():
     assert tile_grid(128, 128, 1024) is None  # 1024x1024 pixels: one tile's worth
     assert tile_grid(64, 96, 384).count == 6  # Kodak at 384 px: 2 x 3 tiles of 48 cells
     grid = tile_grid(40, 300, 256)  # a panorama: one row, the long side tiled
-    assert grid.rows == ((0, 32), (8, 40)) and len(grid.cols) == 13 and grid.overlap == 8
-    assert grid.cols[-2:] == ((264, 296), (268, 300))  # the last one shifted to end at 300
+    assert grid.rows == ((0, 32), (8, 40)) and len(grid.cols) == 11 and grid.overlap == 4
+    assert grid.cols[-2:] == ((252, 284), (268, 300))  # the last one shifted to end at 300
     assert tile_grid(64, 96, 256, factor=2).rows == ((0, 64),)  # the denoiser's: 512 px
 
 
@@ -63,7 +66,7 @@ def test_bad_tile_is_a_clear_error(bad):
 @pytest.mark.parametrize("scale", [1, 8])
 def test_tiled_map_of_a_local_map_is_exact_and_rows_arrive_once_in_order(scale):
     z = torch.randn(2, 3, 37, 53)  # (B,C,h,w) in cells
-    grid = tile_grid(37, 53, 128)  # 16-cell tiles, overlap 4
+    grid = tile_grid(37, 53, 128)  # 16-cell tiles, overlap 2
     out = torch.full((2, 3, 37 * scale, 53 * scale), float("nan"))
     seen: list[tuple[int, int]] = []
 
@@ -79,6 +82,37 @@ def test_tiled_map_of_a_local_map_is_exact_and_rows_arrive_once_in_order(scale):
     starts = [y0 for y0, _ in seen]
     assert starts[0] == 0 and sum(k for _, k in seen) == 37 * scale
     assert all(a + k == b for (a, k), b in zip(seen, starts[1:], strict=False))
+
+
+def test_cropped_map_with_a_receptive_field_margin_is_exact():
+    torch.manual_seed(1)
+    # receptive field: 2 (k5 s2) + 2 x 1 (k3 at 1/2 scale) x 2 = 6 cells; strides line up
+    # when windows start at multiples of 2
+    net = nn.Sequential(nn.Conv2d(3, 8, 5, 2, 2), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1),
+                        nn.ReLU(), nn.Conv2d(8, 4, 3, 1, 1))  # fmt: skip
+    x = torch.randn(2, 3, 50, 70)
+    with torch.no_grad():
+        whole = net(x)
+        out = torch.full_like(whole, float("nan"))
+        cropped_map(net, x, out, core=16, margin=8, ratio=(1, 2))
+        torch.testing.assert_close(out, whole, atol=1e-5, rtol=1e-5)
+        short = torch.full_like(whole, float("nan"))
+        cropped_map(net, x, short, core=16, margin=2, ratio=(1, 2))  # too little context
+    assert not torch.allclose(short, whole, atol=1e-3)
+
+
+@pytest.mark.parametrize("rate_index", [0, 7])  # downsampling 8 (widest field) and 1
+def test_hyper_encoder_tiles_are_the_whole_latent(tiny_codec, rate_index):
+    hyper = tiny_codec.model.hypers[rate_index]
+    torch.manual_seed(2)
+    z0 = torch.randn(1, 4, 96, 160)  # over a 128-px tile's 32x32-cell hyper cores
+    with torch.inference_mode():
+        whole = hyper.encode_indices(z0)
+        tiled = tiled_encode_indices(hyper, z0, 128)
+        # an argmax may flip where two codewords tie to float rounding: (almost) never
+        assert (tiled == whole).float().mean() > 0.999
+        z_tilde = tiled_decode_indices(hyper, whole, 128, 4)
+        torch.testing.assert_close(z_tilde, hyper.decode_indices(whole), atol=1e-4, rtol=1e-4)
 
 
 def test_group_norm_stats_of_the_whole_input_reproduce_group_norm():
