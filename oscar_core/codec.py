@@ -353,8 +353,9 @@ class Codec:
 
         def pixels(y0: int, rows: torch.Tensor) -> None:  # (B,3,k,pw) in [-1,1] from row y0
             k = min(rows.shape[2], header.height - y0)  # rows below H are padding
-            if k > 0:
-                out[:, y0 : y0 + k] = to_uint8_batch(rows[:, :, :k, : header.width])
+            for i in range(0, k, 64):  # 64 rows at a time: small float temporaries
+                j = min(k, i + 64)
+                out[:, y0 + i : y0 + j] = to_uint8_batch(rows[:, :, i:j, : header.width])
 
         tiled_map(self.latent_decode, _cells(z0_hat), grid, 8, pixels, self.model.autoencoder)
         return list(out)

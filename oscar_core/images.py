@@ -86,8 +86,9 @@ def to_uint8(x: Tensor) -> list[np.ndarray]:
 
 
 def to_uint8_batch(x: Tensor) -> np.ndarray:
-    """(B,3,H,W) in [-1,1] -> (B,H,W,3) uint8 on the CPU (round half to even, clamp)."""
-    q = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    """(B,3,H,W) in [-1,1] -> (B,H,W,3) uint8 on the CPU (round half to even, clamp).
+    One float temporary (the in-place ops on it): strips of a big image are large."""
+    q = x.float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
     return q.permute(0, 2, 3, 1).cpu().numpy()
 
 
