@@ -71,8 +71,9 @@ TILE_QUANTUM = 64  # tile sides are multiples of this many pixels (8 cells: the 
 MIN_TILE = 128  # pixels; smaller tiles would see too little context to be worth it
 DEFAULT_TILE = 1024  # pixels; images over DEFAULT_TILE**2 pixels (padded) are tiled
 # The denoiser's tiles are this many times the autoencoder's per side. Why: its self-attention
-# and GroupNorms see the whole tile, so small tiles cost quality (Kodak, oscar-tiny, rate 7:
-# -0.25 dB with 256-px UNet tiles, -0.12 dB at 384, +0.01 dB at 512), while per pixel it
+# and GroupNorms see the whole tile, so small tiles cost quality (plain tiles, per-tile
+# statistics; kodim03, oscar-tiny, rate 7: -0.25 dB with 256-px UNet tiles, -0.12 dB at
+# 384, +0.01 dB at 512; image-wide statistics then halve the loss), while per pixel it
 # holds ~20x less than the autoencoder (oscar-tiny: ~96 floats a latent cell = 1.5 a pixel,
 # vs ~30 a pixel in the VAE decoder; SD-2.1: ~9 vs ~230), so larger tiles stay cheaper.
 UNET_TILE_FACTOR = 2
