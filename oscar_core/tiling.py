@@ -73,9 +73,10 @@ DEFAULT_TILE = 1024  # pixels; images over DEFAULT_TILE**2 pixels (padded) are t
 # The denoiser's tiles are this many times the autoencoder's per side. Why: its self-attention
 # and GroupNorms see the whole tile, so small tiles cost quality (plain tiles, per-tile
 # statistics; kodim03, oscar-tiny, rate 7: -0.25 dB with 256-px UNet tiles, -0.12 dB at
-# 384, +0.01 dB at 512; image-wide statistics cut kodim15's -0.18 dB at 512 to -0.06), while per pixel it
-# holds ~20x less than the autoencoder (oscar-tiny: ~96 floats a latent cell = 1.5 a pixel,
-# vs ~30 a pixel in the VAE decoder; SD-2.1: ~9 vs ~230), so larger tiles stay cheaper.
+# 384, +0.01 dB at 512; image-wide statistics cut kodim15's -0.18 dB at 512 to -0.06),
+# while per pixel it holds ~20x less than the autoencoder (oscar-tiny: ~96 floats a latent
+# cell = 1.5 a pixel, vs ~30 a pixel in the VAE decoder; SD-2.1: ~9 vs ~230), so larger
+# tiles stay cheaper.
 UNET_TILE_FACTOR = 2
 OVERLAP_FRACTION = 8  # overlap = tile // 8 (diffusers: 0.25; see above)
 HYPER_TILE_FACTOR = 2  # the hyper-encoder's tile cores: 2x ``tile`` per side
