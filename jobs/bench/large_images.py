@@ -33,6 +33,8 @@ SEAM_TILES = (384, 256)  # the first is judged
 SIZES = ((1000, 1024), (2000, 1024), (2000, 0), (4000, 1024), (8000, 1024))
 QUICK_SIZES = ((500, 256), (1000, 256), (1000, 0), (2000, 256))
 MiB = 1 << 20
+# a 64 MP encode + decode on one busy CPU thread took over 30 min (2 threads: see the report)
+PROBE_TIMEOUT = 3 * 3600
 
 
 def large_image(path: str, side: int) -> np.ndarray:
@@ -101,7 +103,9 @@ def section_large_images(ctx: BenchContext) -> SectionResult:
     for side, tile in QUICK_SIZES if ctx.quick else SIZES:
         args = {"model_dir": str(ctx.model_dir), "image": image, "side": side, "tile": tile}
         runs[(side, tile)] = run_probe(
-            "jobs.bench.large_images.large_probe", args | {"rate": rate, "threads": ctx.threads}
+            "jobs.bench.large_images.large_probe",
+            args | {"rate": rate, "threads": ctx.threads},
+            timeout=PROBE_TIMEOUT,
         )
     seams = _seams(ctx)
     tiled = sorted((s, r) for (s, t), r in runs.items() if t)
