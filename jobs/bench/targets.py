@@ -80,7 +80,7 @@ def section_targets(ctx: BenchContext) -> SectionResult:
         title="Quality-targeted encoding",
         status="info" if all_ok else verdict(False),
         measured="; ".join(
-            f"{t}: {v['saved_fraction']:+.1%} bytes vs rate {v['single_rate']} for all, "
+            f"{t}: {v['saved_fraction']:.1%} fewer bytes than rate {v['single_rate']} for all, "
             f"{v['time_ratio']:.1f}x the time, {v['mean_trials']:.2f} trials/image"
             for t, v in per_target.items()
         ),
