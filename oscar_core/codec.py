@@ -18,6 +18,13 @@ AVX512-BF16 CPU); the VQ argmax and entropy coding stay fp32/integer. Outputs ar
 types (float32 tensors inside, uint8 images out). A bf16 decode differs from the fp32 decode
 of the same stream by a fraction of one 8-bit level on average (docs/benchmarks/README.md);
 the determinism statements above are for fp32.
+
+Large images (``tile``, default 1024 px; ``oscar_core.tiling``): an image whose padded size
+exceeds tile**2 pixels goes through the autoencoder (and, over (2 tile)**2, the denoiser) in
+overlapping tiles with linear blending, so its working memory is set by the tile; the
+hyper-encoder, the indices and the bitstream stay one per image (the format is unchanged).
+The decoder's tiling is a fixed function of the stream's size, the model and its own
+``tile``: decode with the default (or one fixed ``tile``) for reproducible pixels.
 """
 
 from __future__ import annotations
@@ -36,11 +43,31 @@ from .context_coder import StreamCoder
 from .entropy import IndexCoder
 from .errors import BitstreamError
 from .hyper import channel_rms, match_norms
-from .images import crop, pad_reflect, padded_size, rgb_arrays, to_rgb_array, to_tensor, to_uint8
+from .images import (
+    crop,
+    pad_reflect,
+    padded_index,
+    padded_size,
+    pixel_limit_error,
+    rgb_arrays,
+    to_rgb_array,
+    to_tensor,
+    to_uint8,
+    to_uint8_batch,
+)
 from .ladder import Rate, RateLadder
 from .model import OscarModel
 from .precision import compute_precision, configure_cuda_determinism, resolve_precision
 from .registry import get_config
+from .tiling import (
+    DEFAULT_TILE,
+    UNET_TILE_FACTOR,
+    check_tile,
+    tile_grid,
+    tiled_decode_indices,
+    tiled_encode_indices,
+    tiled_map,
+)
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "oscar-tiny"
 # Largest image coded or decoded (64 MP: an 8000x8000 photo passes, a 1e9-pixel bomb does
@@ -65,6 +92,7 @@ class Codec:
         batch_size: int = 4,
         precision: str = "fp32",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        tile: int = DEFAULT_TILE,
     ):
         if batch_size < 1:
             raise ValueError(f'Invalid batch_size "{batch_size}", should be >= 1')
@@ -73,6 +101,12 @@ class Codec:
         # A 14-byte stream may declare 65535x65535: parse refuses more than this many pixels
         # before it allocates the index grid (or the decoder the image).
         self.max_pixels = max_pixels
+        # Tiled latent coding (``tiling.py``): an image whose padded size exceeds tile**2
+        # pixels goes through the autoencoder in overlapping tiles of ``tile`` pixels (the
+        # denoiser: UNET_TILE_FACTOR x ``tile``, over its square); 0 never tiles. The
+        # decoder's grid follows from the header's size, the model's padding and this
+        # setting; the stream does not depend on the encoder's (the indices and RMS say all).
+        self.tile = check_tile(tile)
         self.device = torch.device(device)
         # "fp32" or "bf16" (ValueError where the device has no native bf16)
         self.precision = resolve_precision(precision, self.device)
@@ -92,7 +126,7 @@ class Codec:
         """Load a model directory (default: the model shipped with the package).
 
         ``kwargs`` go to the constructor: ``device``, ``batch_size``, ``precision``
-        ("fp32" or "bf16")."""
+        ("fp32" or "bf16"), ``max_pixels``, ``tile`` (pixels, 0 = never tile)."""
         return cls(OscarModel.from_pretrained(directory or DEFAULT_MODEL_DIR), **kwargs)
 
     @classmethod
@@ -138,6 +172,11 @@ class Codec:
             z0_hat = self.model.denoiser(x_t, t_r)
         return z0_hat.float()
 
+    def encode_indices(self, z0: torch.Tensor, rate_index: int) -> torch.Tensor:
+        """z0 (B,4,h,w) -> indices (B,h/d,w/d) int64 (argmax cosine, fp32 whatever the
+        precision: bf16 flips many), in exact tiles above the tile size (``tiling.py``)."""
+        return tiled_encode_indices(self.model.hypers[rate_index], z0, self.tile)
+
     def latent_decode(self, z0_hat: torch.Tensor) -> torch.Tensor:
         """z0_hat (B,4,h,w) -> x_hat (B,3,8h,8w) float32 in [-1,1]."""
         with compute_precision(self.precision, self.device):
@@ -152,6 +191,9 @@ class Codec:
         # 1. Check inputs (all of them, before any work)
         r = self.ladder.resolve(rate)
         arrays = rgb_arrays(images)
+        for i, array in enumerate(arrays):  # the limit parse applies to streams
+            if error := pixel_limit_error(array.shape[1], array.shape[0], self.max_pixels):
+                raise ValueError(f"image {i}: {error}")
         out: list[bytes | None] = [None] * len(arrays)
         # 2. Code same-size images together
         for positions in self._batches([a.shape[:2] for a in arrays]):
@@ -162,16 +204,33 @@ class Codec:
 
     def _latents(self, batch: list[np.ndarray], multiple: int) -> torch.Tensor:
         """Same-size (H,W,3) uint8 arrays -> z0 (B,4,ph/8,pw/8), padded to ``multiple``."""
-        ph, pw = padded_size(*batch[0].shape[:2], multiple)
-        x = pad_reflect(to_tensor(batch).to(self.device), ph, pw)  # (B,3,ph,pw)
-        return self.latent_encode(x)  # float32
+        height, width = batch[0].shape[:2]
+        ph, pw = padded_size(height, width, multiple)
+        grid = tile_grid(ph // 8, pw // 8, self.tile)
+        if grid is None:
+            x = pad_reflect(to_tensor(batch).to(self.device), ph, pw)  # (B,3,ph,pw)
+            return self.latent_encode(x)  # float32
+        # Tiled: each tile of the padded image is read from the uint8 arrays (the padded
+        # image, 12 bytes a pixel in float32, is never built) and encoded alone.
+        rows, cols = padded_index(height, ph), padded_index(width, pw)
+        channels = self.model.config.autoencoder.latent_channels
+        z0 = torch.empty(len(batch), channels, ph // 8, pw // 8, device=self.device)
+
+        def read(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:  # cells -> pixels
+            ix = np.ix_(rows[r0 * 8 : r1 * 8], cols[c0 * 8 : c1 * 8])
+            return to_tensor([a[ix] for a in batch]).to(self.device)  # (B,3,8(r1-r0),8(c1-c0))
+
+        # per-tile GroupNorm statistics: image-wide ones from a first pass made the
+        # encoder worse on one Kodak image in four (tiling.py)
+        tiled_map(self.latent_encode, read, grid, 1, _rows_into(z0))
+        return z0
 
     def _compress_batch(self, batch: list[np.ndarray], rate: Rate) -> list[bytes]:
         height, width = batch[0].shape[:2]
         z0 = self._latents(batch, self.model.pad_multiple(rate.index))  # (B,4,ph/8,pw/8)
         rms = channel_rms(z0).cpu()  # (B,4); Header rounds it to the 1/16-octave code
         # fp32 whatever the precision: bf16 here flips many argmax indices (precision.py)
-        indices = self.model.hypers[rate.index].encode_indices(z0).cpu().numpy()  # (B,hc,wc)
+        indices = self.encode_indices(z0, rate.index).cpu().numpy()  # (B,hc,wc)
         return self.pack_streams(indices, rms, rate.index, height, width)
 
     def pack_streams(
@@ -205,7 +264,7 @@ class Codec:
         for array in rgb_arrays(images):
             z0 = self._latents([array], multiple)
             for r in self.ladder:
-                indices = self.model.hypers[r.index].encode_indices(z0).cpu().numpy()
+                indices = self.encode_indices(z0, r.index).cpu().numpy()
                 counts[r.index] += np.bincount(indices.ravel(), minlength=r.K)
         return counts
 
@@ -221,7 +280,7 @@ class Codec:
             multiple = self.model.pad_multiple(r.index)
             if multiple not in z0s:
                 z0s[multiple] = self._latents([array], multiple)  # (1,4,ph/8,pw/8)
-            grids.append(self.model.hypers[r.index].encode_indices(z0s[multiple])[0].cpu().numpy())
+            grids.append(self.encode_indices(z0s[multiple], r.index)[0].cpu().numpy())
         return grids
 
     # -- decode ------------------------------------------------------------------------
@@ -235,12 +294,9 @@ class Codec:
                 f"rate index {header.rate_index} not on this model's ladder (0..{len(self.ladder) - 1})"
             )
         rate = self.ladder[header.rate_index]
-        pixels = header.height * header.width
-        if pixels > self.max_pixels:  # before entropy decoding: a bomb costs nothing
-            raise BitstreamError(
-                f"too many pixels: {header.width}x{header.height} = {pixels} exceeds "
-                f"max_pixels = {self.max_pixels} (raise it with --max-pixels)"
-            )
+        # before entropy decoding: a bomb costs nothing
+        if error := pixel_limit_error(header.width, header.height, self.max_pixels):
+            raise BitstreamError(error)
         # The padded latent (B,4,ph/8,pw/8) follows from (H, W) and the rate's padding rule;
         # the code grid is that divided by the hyper-encoder's downsampling.
         ph, pw = padded_size(header.height, header.width, self.model.pad_multiple(rate.index))
@@ -276,12 +332,33 @@ class Codec:
         rate, header = batch[0].rate, batch[0].header
         indices = torch.from_numpy(np.stack([p.indices for p in batch])).to(self.device)
         rms = torch.tensor([p.header.rms for p in batch], dtype=torch.float32, device=self.device)
-        z_tilde = self.model.hypers[rate.index].decode_indices(indices)  # (B,4,h,w)
-        x_t = match_norms(z_tilde, rms)  # the noisy state at t_r
+        channels = self.model.config.autoencoder.latent_channels
+        z_tilde = tiled_decode_indices(self.model.hypers[rate.index], indices, self.tile, channels)
+        x_t = match_norms(z_tilde, rms)  # the noisy state at t_r (norms of the whole image)
         t_r = torch.full((len(batch),), rate.t, dtype=torch.long, device=self.device)
-        z0_hat = self.denoise(x_t, t_r)  # one step, (B,4,h,w) float32
-        x_hat = self.latent_decode(z0_hat)  # (B,3,8h,8w) float32 in [-1,1]
-        return to_uint8(crop(x_hat, header.height, header.width).cpu())
+        h, w = x_t.shape[2:]
+        unet_grid = tile_grid(h, w, self.tile, UNET_TILE_FACTOR)
+        if unet_grid is None:
+            z0_hat = self.denoise(x_t, t_r)  # one step, (B,4,h,w) float32
+        else:
+            z0_hat = torch.empty_like(x_t)
+            denoise = lambda x: self.denoise(x, t_r)  # noqa: E731
+            tiled_map(denoise, _cells(x_t), unet_grid, 1, _rows_into(z0_hat), self.model.denoiser)
+        grid = tile_grid(h, w, self.tile)
+        if grid is None:
+            x_hat = self.latent_decode(z0_hat)  # (B,3,8h,8w) float32 in [-1,1]
+            return to_uint8(crop(x_hat, header.height, header.width).cpu())
+        # Tiled: finished pixel rows go straight to uint8 (the float image is never whole)
+        out = np.empty((len(batch), header.height, header.width, 3), dtype=np.uint8)
+
+        def pixels(y0: int, rows: torch.Tensor) -> None:  # (B,3,k,pw) in [-1,1] from row y0
+            k = min(rows.shape[2], header.height - y0)  # rows below H are padding
+            for i in range(0, k, 64):  # 64 rows at a time: small float temporaries
+                j = min(k, i + 64)
+                out[:, y0 + i : y0 + j] = to_uint8_batch(rows[:, :, i:j, : header.width])
+
+        tiled_map(self.latent_decode, _cells(z0_hat), grid, 8, pixels, self.model.autoencoder)
+        return list(out)
 
     def _batches(self, keys: Sequence) -> list[list[int]]:
         """Positions grouped by key (size, rate), chunked to ``batch_size``, in input order."""
@@ -293,6 +370,20 @@ class Codec:
             for positions in groups.values()
             for j in range(0, len(positions), self.batch_size)
         ]
+
+
+def _cells(z: torch.Tensor):
+    """``tiled_map``'s reader of a latent (B,C,h,w): the cells [r0,r1) x [c0,c1)."""
+    return lambda r0, r1, c0, c1: z[:, :, r0:r1, c0:c1]
+
+
+def _rows_into(out: torch.Tensor):
+    """``tiled_map``'s sink into a preallocated (B,C,H,W) tensor."""
+
+    def sink(y0: int, rows: torch.Tensor) -> None:
+        out[:, :, y0 : y0 + rows.shape[2]] = rows
+
+    return sink
 
 
 def measured_bpp(stream: bytes, height: int, width: int) -> float:

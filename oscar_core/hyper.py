@@ -32,6 +32,8 @@ from vector_quantize_pytorch import VectorQuantize
 from .config import HyperConfig
 from .ladder import Rate
 
+ARGMAX_ELEMENTS = 1 << 24  # similarities held at a time by encode_indices (64 MiB)
+
 
 def conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=1)
@@ -144,8 +146,12 @@ class HyperEncoder(nn.Module):
         b, m, hc, wc = y.shape
         y = y.permute(0, 2, 3, 1).reshape(b, hc * wc, m)
         y = F.normalize(self.quantizer.project_in(y), dim=-1)  # (B, L, codebook_dim)
-        codebook = self.codewords()  # (K, codebook_dim)
-        return (y @ codebook.t()).argmax(dim=-1).reshape(b, hc, wc)
+        codebook = self.codewords().t()  # (codebook_dim, K)
+        # the similarities (B, L, K) a chunk of positions at a time: whole, they would take
+        # L * K * 4 bytes (a 64 MP image at K = 2048: 2 GB); a row's dot products are the same
+        chunk = max(1, ARGMAX_ELEMENTS // codebook.shape[1])
+        best = [(part @ codebook).argmax(dim=-1) for part in y.split(chunk, dim=1)]
+        return torch.cat(best, dim=1).reshape(b, hc, wc)
 
     def decode_indices(self, indices: Tensor) -> Tensor:
         """indices (B,hc,wc) -> z~ (B,4,hc*d,wc*d)."""

@@ -64,6 +64,16 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def pixel_limit_error(width: int, height: int, max_pixels: int) -> str | None:
+    """Why an image of ``width x height`` is refused under ``max_pixels``, or None."""
+    if width * height <= max_pixels:
+        return None
+    return (
+        f"too many pixels: {width}x{height} = {width * height} exceeds max_pixels = "
+        f"{max_pixels} (raise it with --max-pixels)"
+    )
+
+
 def to_tensor(batch: list[np.ndarray]) -> Tensor:
     """Same-size (H,W,3) uint8 arrays -> (B,3,H,W) float32 in [-1, 1]."""
     x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float()
@@ -72,8 +82,14 @@ def to_tensor(batch: list[np.ndarray]) -> Tensor:
 
 def to_uint8(x: Tensor) -> list[np.ndarray]:
     """(B,3,H,W) in [-1,1] -> list of (H,W,3) uint8 (round half to even, clamp)."""
-    q = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return [np.ascontiguousarray(img.permute(1, 2, 0).numpy()) for img in q]
+    return [np.ascontiguousarray(img) for img in to_uint8_batch(x)]
+
+
+def to_uint8_batch(x: Tensor) -> np.ndarray:
+    """(B,3,H,W) in [-1,1] -> (B,H,W,3) uint8 on the CPU (round half to even, clamp).
+    One float temporary (the in-place ops on it): strips of a big image are large."""
+    q = x.float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return q.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
@@ -93,6 +109,14 @@ def pad_reflect(x: Tensor, height: int, width: int) -> Tensor:
         mode = "reflect" if (ph == 0 or h > 1) and (pw == 0 or w > 1) else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
     return x
+
+
+def padded_index(n: int, target: int) -> np.ndarray:
+    """(target,) int64: the source position of each position ``pad_reflect`` makes when it
+    pads an axis of ``n`` to ``target``, so a tile of the padded image can be read straight
+    from the unpadded one (``image[np.ix_(rows, cols)]``) without padding it whole."""
+    positions = torch.arange(n, dtype=torch.float64).view(1, 1, 1, n)  # exact below 2**53
+    return pad_reflect(positions, 1, target).view(-1).long().numpy()
 
 
 def crop(x: Tensor, height: int, width: int) -> Tensor:

@@ -25,10 +25,14 @@ from typing import Any
 from oscar_core import Rate
 from oscar_core.codec import DEFAULT_MAX_PIXELS
 from oscar_core.target import Target
+from oscar_core.tiling import DEFAULT_TILE
 
 from .samples import DEFAULT_MAX_MEMBER_BYTES
 
 MAX_ERROR_KINDS = 20  # distinct error messages kept per shard (the rows hold them all)
+# Decoded pixels one actor holds at a time (worker.py: "The pixel budget"): 4 images of the
+# largest size allowed, ~0.8 GB of uint8 RGB; 64 web images of ~4 MP.
+DEFAULT_PIXEL_BUDGET = 4 * DEFAULT_MAX_PIXELS
 
 
 # --------------------------------------------------------------------------- jobs
@@ -61,6 +65,8 @@ class EncodeJob:
     resources: Resources | None = None
     progress: bool = True
     precision: str = "fp32"  # "bf16": the workers' codec autocasts its heavy stages
+    tile: int = DEFAULT_TILE  # tiled latent coding above tile**2 px (oscar_core/tiling.py)
+    pixel_budget: int = DEFAULT_PIXEL_BUDGET  # decoded pixels in flight per actor
 
 
 @dataclass
@@ -77,6 +83,8 @@ class DecodeJob:
     resources: Resources | None = None
     progress: bool = True
     precision: str = "fp32"
+    tile: int = DEFAULT_TILE  # the decoder's tiles (pixels depend on it above tile**2 px)
+    pixel_budget: int = DEFAULT_PIXEL_BUDGET  # decoded pixels in flight per actor
 
 
 # ------------------------------------------------------------------------ workers
@@ -92,6 +100,10 @@ class WorkerConfig:
     chunk_batches: int = 8  # a chunk of batch_size * chunk_batches samples is grouped by size
     prefetch_chunks: int = 2  # decoded chunks waiting in the queue
     precision: str = "fp32"  # or "bf16": autocast of the heavy stages (oscar_core/precision.py)
+    tile: int = DEFAULT_TILE  # the codec's tile in pixels (0: never tile)
+    # decoded pixels held at a time: encode splits it among the chunks in flight, decode
+    # decodes and writes a row batch's images in groups of at most this many pixels
+    pixel_budget: int = DEFAULT_PIXEL_BUDGET
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,7 @@ class ShardDefinition:
     max_pixels: int  # decides which images are error rows
     precision: str  # fp32 / bf16: different pixels, different indices
     target: str | None = None  # "psnr>=30" (oscar_core.target.Target)
+    tile: int = DEFAULT_TILE  # images over tile**2 px are encoded in tiles: other indices
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

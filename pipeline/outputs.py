@@ -125,6 +125,7 @@ def shard_definitions(
             max_pixels=job.max_pixels,
             precision=job.precision,
             target=None if isinstance(coding, Rate) else str(coding),
+            tile=job.tile,
         )
         for url, coding in codings.items()
     }

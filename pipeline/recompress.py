@@ -197,7 +197,11 @@ def run_recompress(job: EncodeJob, quality_sample: int = DEFAULT_QUALITY_SAMPLE)
                 if st.ok
             ]
             wconf = WorkerConfig(
-                job.model_dir, batch_size=job.batch_size, max_pixels=job.max_pixels
+                job.model_dir,
+                batch_size=job.batch_size,
+                max_pixels=job.max_pixels,
+                tile=job.tile,
+                pixel_budget=job.pixel_budget,
             )
             if tasks:
                 quality, quality_failed = measure_quality(tasks, wconf, res)

@@ -26,6 +26,7 @@ from typing import Any
 
 from oscar_core import CODEC_VERSION, OscarConfig, OscarModel, Rate
 from oscar_core.config import WEIGHTS_NAME
+from oscar_core.tiling import check_tile
 
 from . import storage
 from .contract import (
@@ -102,6 +103,8 @@ def _dispatch(job: EncodeJob | DecodeJob, tasks: list, method: str, res: Resourc
         batch_size=job.batch_size,
         max_pixels=job.max_pixels,
         precision=job.precision,
+        tile=job.tile,
+        pixel_budget=job.pixel_budget,
     )
     return execute(
         tasks,
@@ -129,7 +132,8 @@ def run_encode(job: EncodeJob) -> EncodeReport:
     # 1. Validate everything before any work
     _check_positive(batch_size=job.batch_size, max_retries=job.max_retries, limit=job.limit)
     check_resources(res)  # workers >= 1, 0 <= gpus_per_worker <= 1
-    _check_positive(max_pixels=job.max_pixels)
+    _check_positive(max_pixels=job.max_pixels, pixel_budget=job.pixel_budget)
+    check_tile(job.tile)  # ValueError: 0 or a multiple of 64 pixels >= 128
     model_config, local_model = _check_model(job.model_dir)
     plan = RatePlan.build(model_config.rate_ladder(), job.rate, job.rates_file, job.target)
     shards = storage.expand_shards(job.src)
@@ -158,6 +162,8 @@ def run_encode(job: EncodeJob) -> EncodeReport:
             "max_retries": job.max_retries,
             "max_pixels": job.max_pixels,
             "precision": job.precision,
+            "tile": job.tile,
+            "pixel_budget": job.pixel_budget,
             **asdict(replace(res, address=_redact(res.address))),
         },
     }
@@ -240,7 +246,8 @@ def run_decode(job: DecodeJob) -> DecodeReport:
         raise ValueError(f'Invalid format "{job.format}", should be one of {sorted(FORMATS)}')
     _check_positive(batch_size=job.batch_size, max_retries=job.max_retries)
     check_resources(res)  # workers >= 1, 0 <= gpus_per_worker <= 1
-    _check_positive(max_pixels=job.max_pixels)
+    _check_positive(max_pixels=job.max_pixels, pixel_budget=job.pixel_budget)
+    check_tile(job.tile)  # ValueError: 0 or a multiple of 64 pixels >= 128
     _check_model(job.model_dir)
     urls = sorted({u for spec in job.parquets for u in storage.expand_shards(spec)})
     names = unique_names(urls)

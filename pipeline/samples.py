@@ -97,6 +97,11 @@ class Sample:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def pixels(self) -> int:
+        """H x W of the image, 0 for an error sample (what the pixel budget counts)."""
+        return 0 if self.image is None else self.image.shape[0] * self.image.shape[1]
+
 
 class SampleError(ValueError):
     """A sample-level failure; the message becomes the row's ``error_message``."""

@@ -8,9 +8,12 @@ also call it directly. The contract, one call per shard::
 
 Inside ``encode_shard`` two things overlap: a background thread streams the tar from
 storage and decodes images (Pillow releases the GIL), handing chunks over a bounded queue,
-while the caller's thread runs the model (torch releases the GIL too). The queue holds at
-most ``prefetch_chunks`` chunks, so memory stays flat whatever the shard size (the
-read-ahead is ``prefetch.Prefetch``).
+while the caller's thread runs the model (torch releases the GIL too; ``prefetch.Prefetch``).
+Memory is bounded in pixels, not images: chunks close at ``pixel_budget / (prefetch_chunks
++ 2)`` decoded pixels (the pixel budget, 256 MP by default; an image over that share goes
+alone: ``budget.py``), so the chunks queued, being coded and being filled hold at most the
+budget; decode writes a row batch in groups within it. The codec's own memory is bounded by
+its tiles (``tile``, ``oscar_core/tiling.py``).
 
 Failure rules: a bad sample is an error row; an image the codec rejects (ValueError) or
 cannot fit in memory is an error row; anything else (storage, a broken device) fails the
@@ -41,6 +44,7 @@ from oscar_core import CODEC_VERSION, Codec, Rate
 from oscar_core.target import TargetResult, compress_to_target
 
 from . import storage
+from .budget import chunk_pixels, pixel_chunks
 from .contract import (
     NOTE_ENCODE_ERROR,
     NOTE_ERROR,
@@ -105,15 +109,16 @@ class ShardWorker:
             Image.MAX_IMAGE_PIXELS = config.max_pixels
         self.gpu_ids = ray_gpu_ids()
         device = pick_device(self.gpu_ids)
+        # max_pixels: a 40-byte stream with a valid CRC can declare 65535x65535; Parquet
+        # bitstreams are untrusted, like tar images: parse refuses it before entropy decoding.
+        # A precision the device lacks or a bad tile is a ValueError.
         self.codec = Codec.from_pretrained(  # an s3:// model is cached on this node first
             storage.local_model_dir(config.model_dir),
             device=device,
             batch_size=config.batch_size,
-            precision=config.precision,  # ValueError where the device has no native bf16
-            # A stream's size says nothing about its image's: a 40-byte stream with a valid
-            # CRC can declare 65535x65535. Bitstreams in a Parquet are untrusted, like images
-            # in a tar: Codec.parse refuses more than max_pixels before entropy decoding.
+            precision=config.precision,
             max_pixels=config.max_pixels,
+            tile=config.tile,
         )
         self.model_id = self.codec.model_id.hex()
         log.info("worker pid %d ready on %s (model %s)", os.getpid(), device, self.model_id)
@@ -185,21 +190,15 @@ class ShardWorker:
         return result
 
     def _chunks(self, url: str) -> Iterator[list[Sample]]:
-        """Runs in the prefetch thread: the shard's samples in chunks."""
-        size = self.config.batch_size * self.config.chunk_batches
+        """Runs in the prefetch thread: the shard's samples in chunks (budget.py)."""
+        cfg = self.config
+        share = chunk_pixels(cfg.pixel_budget, cfg.prefetch_chunks)  # of the pixel budget
+        most = cfg.batch_size * cfg.chunk_batches
         with storage.open_read(url) as stream:
-            chunk: list[Sample] = []
-            for sample in read_samples(
-                stream,
-                max_pixels=self.config.max_pixels,
-                max_member_bytes=self.config.max_member_bytes,
-            ):
-                chunk.append(sample)
-                if len(chunk) >= size:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
+            samples = read_samples(
+                stream, max_pixels=cfg.max_pixels, max_member_bytes=cfg.max_member_bytes
+            )
+            yield from pixel_chunks(samples, lambda s: s.pixels, most, share)
 
     def _encode_chunk(
         self, chunk: list[Sample], task: EncodeTask, result: ShardResult
@@ -339,17 +338,20 @@ class ShardWorker:
                 ready.append((row, key, self.codec.parse(row["bitstream"] or b""), fields))
             except Exception as exc:  # noqa: BLE001 - recorded; the shard goes on
                 _note(result, row, NOTE_ERROR, f"{type(exc).__name__}: {exc}")
-        images = self._decompress([p for _, _, p, _ in ready], result)
-        for (row, key, _, fields), image in zip(ready, images, strict=True):
-            if isinstance(image, str):
-                _note(result, row, NOTE_ERROR, image)
-                continue
-            try:
-                self._write(sink, row, key, image, fields, fmt, result)
-            except StorageError:
-                raise  # the network, not the data: the shard is retried
-            except Exception as exc:  # noqa: BLE001 - Pillow, a key the sink refuses: noted
-                _note(result, row, NOTE_ERROR, f"{type(exc).__name__}: {exc}")
+        # decoded and written in groups within the pixel budget (sizes from the headers)
+        size = lambda r: r[2].header.height * r[2].header.width  # noqa: E731
+        for group in pixel_chunks(ready, size, len(ready), self.config.pixel_budget):
+            images = self._decompress([p for _, _, p, _ in group], result)
+            for (row, key, _, fields), image in zip(group, images, strict=True):
+                if isinstance(image, str):
+                    _note(result, row, NOTE_ERROR, image)
+                    continue
+                try:
+                    self._write(sink, row, key, image, fields, fmt, result)
+                except StorageError:
+                    raise  # the network, not the data: the shard is retried
+                except Exception as exc:  # noqa: BLE001 - Pillow, a key the sink refuses: noted
+                    _note(result, row, NOTE_ERROR, f"{type(exc).__name__}: {exc}")
 
     def _decompress(self, parsed: list[Any], result: DecodeResult) -> list[np.ndarray | str]:
         """Decode a batch; if the codec rejects it or runs out of memory, image by image so

@@ -15,6 +15,9 @@ Sections (one module each, a function ``ctx -> SectionResult``; see ``common.py`
     7  range-coded vs fixed-length bits of the VQ indices per rate (entropy.py)
     8  storage.open_read vs boto3 get_object on the local radosgw  (s3.py)
     9  decode-shards peak RSS and local disk, 100 vs 1,000 images  (decode_memory.py)
+   10  quality targets vs one fixed rate                           (targets.py)
+   11  decode-on-read vs PNG files                                 (archive_read.py)
+   12  peak RSS of 1-64 MP images in tiles; seam PSNR             (large_images.py)
 
 Every figure is the median of ``--repeats`` runs after a warm-up run; every comparison runs
 both sides in this process with the same torch threads, under ``torch.inference_mode()``.
@@ -43,6 +46,7 @@ from jobs.bench.common import BenchContext, SectionResult, load_images, parse_pr
 from jobs.bench.decode_memory import section_decode_memory
 from jobs.bench.efficiency import section_efficiency
 from jobs.bench.entropy import section_entropy_gain
+from jobs.bench.large_images import section_large_images
 from jobs.bench.memory import section_memory
 from jobs.bench.one_step import section_one_vs_many
 from jobs.bench.peers import section_peers
@@ -67,6 +71,7 @@ SECTIONS: dict[int, Callable[[BenchContext], SectionResult]] = {
     9: section_decode_memory,
     10: section_targets,
     11: section_archive_read,
+    12: section_large_images,
 }
 FULL = {"repeats": 3, "warmup": 1, "batch_sizes": (1, 2, 4)}  # fits 15 min on 2 cores
 QUICK = {"repeats": 2, "warmup": 1, "batch_sizes": (1, 2)}
@@ -79,7 +84,7 @@ class BenchConfig:
     out: str = DEFAULT_OUT
     model: str | None = None  # model directory (None: the shipped oscar-tiny)
     images: str | None = None  # a directory of images (None: jobs/samples)
-    sections: list[int] | None = None  # section numbers (None: all, 1..11)
+    sections: list[int] | None = None  # section numbers (None: all, 1..12)
     quick: bool = False  # smoke test: 1 image cropped to 256 px, 1 rate, 2 repeats
     rates: str | None = None  # "0,3,7" or "all" (None: all; --quick: the middle one)
     repeats: int | None = None  # timed runs per figure (None: 3, --quick 2)

@@ -46,7 +46,9 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def run_probe(probe: str, args: dict, env: dict[str, str] | None = None) -> dict:
+def run_probe(
+    probe: str, args: dict, env: dict[str, str] | None = None, timeout: float = 1800
+) -> dict:
     """Run ``probe`` ("jobs.bench.memory.memory_probe") with ``args`` in a fresh Python
     process (its peak RSS is its own); its result, or RuntimeError with its stderr."""
     proc = subprocess.run(
@@ -55,7 +57,7 @@ def run_probe(probe: str, args: dict, env: dict[str, str] | None = None) -> dict
         text=True,
         cwd=REPO,
         env=env,
-        timeout=1800,
+        timeout=timeout,
         check=False,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]

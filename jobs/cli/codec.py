@@ -20,10 +20,12 @@ import json
 from pathlib import Path
 
 from jobs.cli.common import (
+    DEFAULT_TILE,
     EXIT_BAD_INPUT,
     add_command,
     add_precision,
     add_rate_or_target,
+    add_tile,
     print_error,
 )
 
@@ -39,6 +41,7 @@ def _load_codec(args: argparse.Namespace):
         args.model,
         batch_size=getattr(args, "batch_size", 4),
         precision=getattr(args, "precision", "fp32"),  # ValueError (exit 2) without bf16
+        tile=getattr(args, "tile", DEFAULT_TILE),  # ValueError (exit 2): not 0 or 64k >= 128
         **({"max_pixels": args.max_pixels} if getattr(args, "max_pixels", None) else {}),
     )
 
@@ -67,7 +70,7 @@ def _targets(args: argparse.Namespace, suffix: str) -> list[Path] | None:
 def cmd_compress(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from oscar_core.images import to_rgb_array
+    from oscar_core.images import pixel_limit_error, to_rgb_array
     from oscar_core.target import Target
 
     # ValueError (exit 2 in main) before any work
@@ -77,10 +80,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     codec = _load_codec(args)
     rate = codec.ladder.resolve(args.rate) if target is None else None
+    # --max-pixels is ours (checked from the header, before decoding); lift Pillow's own
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < codec.max_pixels:
+        Image.MAX_IMAGE_PIXELS = codec.max_pixels
     failed, names, arrays = 0, [], []
     for name, path in zip(args.inputs, targets, strict=True):
         try:
             with Image.open(name) as img:
+                if error := pixel_limit_error(*img.size, codec.max_pixels):
+                    raise ValueError(error)
                 img.load()
                 arrays.append(to_rgb_array(img))
             names.append((name, path))
@@ -208,8 +216,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing OUT_DIR files")
     add_rate_or_target(p, required=True, rate_help="ladder index (0..7) or nominal bpp (0.0313)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (64 MP)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_precision(p)
+    add_tile(p)
 
     p = add_command(sub, "decompress", cmd_decompress, "decode .oscar bitstreams to PNG")
     p.add_argument("inputs", nargs="+", metavar="IN.oscar")
@@ -221,6 +231,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_precision(p)
+    add_tile(p)
 
     p = add_command(sub, "info", cmd_info, "describe a bitstream as JSON")
     p.add_argument("file", metavar="FILE")

@@ -69,6 +69,24 @@ def add_rate_or_target(p: argparse.ArgumentParser, *, required: bool, rate_help:
     )
 
 
+# Defaults the parsers show without importing the libraries (torch, Ray) at parse time; a
+# test checks them against oscar_core.tiling.DEFAULT_TILE, contract.DEFAULT_PIXEL_BUDGET.
+DEFAULT_TILE = 1024
+DEFAULT_PIXEL_BUDGET = 256_000_000
+
+
+def add_tile(p: argparse.ArgumentParser) -> None:
+    """--tile PIXELS: tiled latent coding of large images (``oscar_core/tiling.py``)."""
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=DEFAULT_TILE,
+        metavar="PIXELS",
+        help=f"images over PIXELS**2 are coded in overlapping tiles of this side, so memory "
+        f"stays flat in image size (a multiple of 64, >= 128; 0: never; default {DEFAULT_TILE})",
+    )
+
+
 def one_line_errors(p: argparse.ArgumentParser, command: str) -> None:
     """argparse prints the whole usage on a bad argument; we print one line, exit 2."""
 

@@ -23,10 +23,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jobs.cli.common import (
+    DEFAULT_PIXEL_BUDGET,
     EXIT_FAILED_SHARDS,
     add_command,
     add_precision,
     add_rate_or_target,
+    add_tile,
     config_from_args,
     fail,
     one_line_errors,
@@ -200,6 +202,14 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per model call")
     add_precision(p, "bf16: autocast the heavy stages (faster where the CPU/GPU has bf16)")
     p.add_argument("--max-retries", type=int, default=3, help="retries of a failed shard")
+    add_tile(p)
+    p.add_argument(
+        "--pixel-budget",
+        type=int,
+        default=DEFAULT_PIXEL_BUDGET,
+        metavar="PIXELS",
+        help="decoded pixels an actor holds at a time (default 256 MP: pipeline/budget.py)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
 
