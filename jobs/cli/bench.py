@@ -19,7 +19,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="smoke test: 1 image at 256 px, 1 rate")
     p.add_argument("--out", default="docs/benchmarks", metavar="DIR")
     p.add_argument("--images", default=None, metavar="DIR", help="default: jobs/samples")
-    p.add_argument("--sections", default=None, help="e.g. 1,2,3,7 (default: all, 1..11)")
+    p.add_argument("--sections", default=None, help="e.g. 1,2,3,7 (default: all, 1..12)")
     p.add_argument("--rates", default=None, help="ladder indices, e.g. 0,3,7 (default: all)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

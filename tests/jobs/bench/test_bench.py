@@ -181,9 +181,9 @@ def test_ddim_matches_stock_diffusers_loop_on_an_integer_grid(codec):
 
 
 def test_parse_sections():
-    assert parse_sections(None) == list(range(1, 12))
+    assert parse_sections(None) == list(range(1, 13))
     assert parse_sections("7,1, 2") == [1, 2, 7]
-    for bad in ("12", "0", "a", ","):
+    for bad in ("13", "0", "a", ","):
         with pytest.raises(ValueError):
             parse_sections(bad)
 
