@@ -26,8 +26,8 @@ unity whatever the overlaps (the last tile may overlap more). Weights are separa
 not be equal; they are an eighth of a tile, not a quarter (with image-wide statistics, below,
 Kodak PSNR moved by the same <= 0.015 dB at both in the decoder, and alike end to end, for
 ~1.5x fewer tiles); and the output is assembled one row of tiles at a time (``tiled_map``):
-only two strips of (tile height x image width) are held, never every tile's output
-(diffusers keeps all of them, the size of the whole image).
+one strip of (tile height x image width) and the overlap rows of the previous one are held,
+never every tile's output (diffusers keeps all of them, the size of the whole image).
 
 The hyper-encoder is tiled exactly instead (``cropped_map``): its layers are convolutions
 (compressai's ``AttentionBlock`` is one too: local), so a tile computed with a margin of its
@@ -291,7 +291,8 @@ def tiled_map(
     ``read(r0, r1, c0, c1)`` gives the input of the cells [r0, r1) x [c0, c1) (any units:
     the caller scales); ``fn`` maps it to (B, C, (r1-r0)*scale, (c1-c0)*scale); ``sink(y0,
     rows)`` receives finished output rows (B, C, k, width*scale) starting at row ``y0``, in
-    order, each row once. Held at a time: two strips of (tile height x width) outputs.
+    order, each row once. Held at a time: one strip of (tile height x width) outputs and
+    the overlap rows of the previous one.
     ``norms``: the module ``fn`` runs, whose GroupNorms then use image-wide statistics
     (``GroupNormStats``: a first pass over ``grid.without_overlap()`` gathers them).
     """
@@ -311,13 +312,16 @@ def tiled_map(
 
 
 def _blend(fn, read, grid: TileGrid, scale: int, sink) -> None:
-    """``tiled_map`` without image-wide norms: every tile normalised by its own statistics."""
+    """``tiled_map`` without image-wide norms: every tile normalised by its own statistics.
+
+    Held at a time: the strip being built and the rows of the previous one that it shares
+    (the overlap): a strip's rows above the next strip's start are final and go to ``sink``
+    as soon as the strip is done, because starts and ends increase along the grid."""
     row_w = axis_weights(grid.rows, grid.overlap, scale)
     col_w = axis_weights(grid.cols, grid.overlap, scale)
     width = grid.cols[-1][1] * scale
-    pending: Tensor | None = None  # blended rows [pending_start, ...) not yet final
-    pending_start = 0
-    for (r0, r1), wy in zip(grid.rows, row_w, strict=True):
+    carry: Tensor | None = None  # blended rows shared with the next strip, from its start
+    for i, ((r0, r1), wy) in enumerate(zip(grid.rows, row_w, strict=True)):
         strip: Tensor | None = None  # (B, C, (r1-r0)*scale, width)
         for (c0, c1), wx in zip(grid.cols, col_w, strict=True):
             out = fn(read(r0, r1, c0, c1))
@@ -326,15 +330,11 @@ def _blend(fn, read, grid: TileGrid, scale: int, sink) -> None:
             weight = (wy[:, None] * wx[None, :]).to(out.device, out.dtype)
             strip[..., c0 * scale : c1 * scale] += out * weight
         assert strip is not None  # a grid has at least one column
-        y0 = r0 * scale
-        if pending is not None:
-            # rows before this strip's start are final (later strips start further down);
-            # the rest of the pending strip lies inside this one (ends increase too)
-            shared = pending_start + pending.shape[2] - y0
-            if y0 > pending_start:
-                sink(pending_start, pending[:, :, : y0 - pending_start])
-            if shared > 0:
-                strip[:, :, :shared] += pending[:, :, pending.shape[2] - shared :]
-        pending, pending_start = strip, y0
-    assert pending is not None
-    sink(pending_start, pending)
+        if carry is not None:  # the previous strip's shared rows start where this one does
+            strip[:, :, : carry.shape[2]] += carry
+        y0, y1 = r0 * scale, r1 * scale
+        # rows before the next strip's start are final (later strips start further down)
+        end = min(grid.rows[i + 1][0] * scale, y1) if i + 1 < len(grid.rows) else y1
+        if end > y0:
+            sink(y0, strip[:, :, : end - y0])
+        carry = strip[:, :, end - y0 :].clone() if end < y1 else None
