@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from jobs.common.colour import chroma_l1, to_cbcr
-from jobs.common.images import find_images
-from jobs.eval.compare import load_samples
+from jobs.eval.compare import load_reporting
 from oscar_core.metrics import psnr
 
 
@@ -58,10 +57,7 @@ def run_round_trip(config: RoundTripConfig) -> int:
     """Round-trip every readable image; 2 when some input was bad (the others still run)."""
     from oscar_core import Codec
 
-    paths, errors = find_images(config.images)
-    samples, load_errors = load_samples(paths)
-    for err in errors + load_errors:
-        print(f"oscar: error: {err}", file=sys.stderr)
+    samples, bad = load_reporting(config.images)
     if not samples:
         print("oscar: error: no readable images", file=sys.stderr)
         return 2
@@ -76,4 +72,4 @@ def run_round_trip(config: RoundTripConfig) -> int:
     if config.json_out:
         with open(config.json_out, "w") as f:
             json.dump({"mean": means, "images": rows}, f, indent=2)
-    return 2 if errors or load_errors else 0
+    return 2 if bad else 0

@@ -76,6 +76,20 @@ def load_samples(paths: list[Path]) -> tuple[list[Sample], list[str]]:
     return samples, errors
 
 
+def load_reporting(images: list[str]) -> tuple[list[Sample], bool]:
+    """The images of files and directories (``find_images``), decoded; one ``oscar: error:``
+    line on stderr per input that is missing or unreadable. -> (samples, any input bad)."""
+    import sys
+
+    from jobs.common.images import find_images
+
+    paths, errors = find_images(images)
+    samples, load_errors = load_samples(paths)
+    for err in errors + load_errors:
+        print(f"oscar: error: {err}", file=sys.stderr)
+    return samples, bool(errors or load_errors)
+
+
 def make_row(sample: Sample, label: str, codec: str, rate, target: float, **values) -> dict:
     h, w = sample.image.shape[:2]
     row = {"image": sample.name, "width": w, "height": h, "codec": codec, "variant": label}

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from jobs.common.images import find_images
-from jobs.eval.compare import load_samples
+from jobs.eval.compare import load_reporting
 from oscar_core.hyper import channel_rms, cosine_per_position, match_norms
 from oscar_core.images import crop, pad_reflect, padded_size, to_tensor, to_uint8
 from oscar_core.metrics import psnr
@@ -84,10 +83,7 @@ def run_stages(config: StagesConfig) -> int:
     rates = sorted({codec.ladder.resolve(r).index for r in wanted}) or list(
         range(len(codec.ladder))
     )
-    paths, errors = find_images(config.images)
-    samples, load_errors = load_samples(paths)
-    for err in errors + load_errors:
-        print(f"oscar: error: {err}", file=sys.stderr)
+    samples, bad = load_reporting(config.images)
     if not samples:
         print("oscar: error: no readable images", file=sys.stderr)
         return 2
@@ -108,4 +104,4 @@ def run_stages(config: StagesConfig) -> int:
     if config.json_out:
         with open(config.json_out, "w") as f:
             json.dump({"model_id": codec.model_id.hex(), "mean": means, "rows": rows}, f, indent=2)
-    return 2 if errors or load_errors else 0
+    return 2 if bad else 0
