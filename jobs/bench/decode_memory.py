@@ -125,7 +125,7 @@ def _decode_runs(api: dict[str, Any], ctx: BenchContext) -> dict[int, dict]:
             }
             # no .pyc written by a late import: it would count as disk written
             env = {**os.environ, "TMPDIR": str(temp), "PYTHONDONTWRITEBYTECODE": "1"}
-            runs[n] = run_probe("jobs.bench.decode_memory.decode_probe", args, env)
+            runs[n] = run_probe(decode_probe, args, env)
             head = client.head_object(Bucket=bucket, Key=f"enc/shard-{n}.parquet")
             runs[n].update(tar_in_mib=tar_bytes / MiB, parquet_mib=head["ContentLength"] / MiB)
             head = client.head_object(Bucket=bucket, Key=f"dec/shard-{n}.tar")

@@ -103,7 +103,7 @@ def section_large_images(ctx: BenchContext) -> SectionResult:
     for side, tile in QUICK_SIZES if ctx.quick else SIZES:
         args = {"model_dir": str(ctx.model_dir), "image": image, "side": side, "tile": tile}
         runs[(side, tile)] = run_probe(
-            "jobs.bench.large_images.large_probe",
+            large_probe,
             args | {"rate": rate, "threads": ctx.threads},
             timeout=PROBE_TIMEOUT,
         )

@@ -5,25 +5,17 @@
 
 from __future__ import annotations
 
-import json
+import multiprocessing
 import os
-import subprocess
-import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from jobs.bench import shards
 from jobs.bench.common import BenchContext, SectionResult, not_run, table, verdict
-from jobs.common.paths import REPO
 from oscar_core.images import center_crop
 
 MEMORY_GOAL = 1.1  # bench's own: peak RSS of a 10x larger shard within 10% (flat memory)
-# what a fresh process runs: one probe function ("module.name" in argv[1], its keyword
-# arguments as JSON in argv[2]), its result as one JSON line on stdout
-_PROBE = (
-    "import importlib, json, sys; mod, _, fn = sys.argv[1].rpartition('.'); "
-    "result = getattr(importlib.import_module(mod), fn)(**json.loads(sys.argv[2])); "
-    "print('BENCH-RESULT ' + json.dumps(result))"
-)
 
 
 def vm_kb(field: str) -> int:
@@ -47,23 +39,33 @@ def reset_peak_rss() -> bool:
 
 
 def run_probe(
-    probe: str, args: dict, env: dict[str, str] | None = None, timeout: float = 1800
+    probe: Callable[..., dict], args: dict, env: dict[str, str] | None = None, timeout: float = 1800
 ) -> dict:
-    """Run ``probe`` ("jobs.bench.memory.memory_probe") with ``args`` in a fresh Python
-    process (its peak RSS is its own); its result, or RuntimeError with its stderr."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, probe, json.dumps(args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"{probe} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(lines[-1][len("BENCH-RESULT ") :])
+    """``probe(**args)`` in a fresh Python process (spawned, so its peak RSS is its own),
+    started with ``env`` as its whole environment when given; its result (a dict). The
+    probe's own exception is raised here; ``multiprocessing.TimeoutError`` after
+    ``timeout`` seconds (the process is then killed)."""
+    spawn = multiprocessing.get_context("spawn")
+    with _environment(env):  # a spawned process starts with the environment of the moment
+        pool = spawn.Pool(1)
+    with pool:  # leaving it terminates the process, also after a time-out
+        return pool.apply_async(probe, kwds=args).get(timeout)
+
+
+@contextmanager
+def _environment(env: dict[str, str] | None) -> Iterator[None]:
+    """``os.environ`` replaced by ``env`` (None: unchanged) while the block runs."""
+    if env is None:
+        yield
+        return
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def shard_sizes(ctx: BenchContext) -> tuple[int, int]:
@@ -136,7 +138,7 @@ def section_memory(ctx: BenchContext) -> SectionResult:
             "rate": rate,
             "threads": ctx.threads,
         }
-        runs[n] = run_probe("jobs.bench.memory.memory_probe", args)
+        runs[n] = run_probe(memory_probe, args)
     measured, ratio, per_image_kib = peak_growth(runs)
     ok = ratio <= MEMORY_GOAL
     side = tile[0].shape

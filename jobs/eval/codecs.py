@@ -22,7 +22,6 @@ usual way to reach rates below a codec's lowest quality setting.
 from __future__ import annotations
 
 import functools
-import importlib
 import io
 import time
 from collections.abc import Callable, Mapping
@@ -82,7 +81,7 @@ _PLUGIN_HINT = {
 def _register_plugin(name: str) -> None:
     """Import the Pillow plugin that adds a format (import errors propagate)."""
     if name == "jxl":
-        importlib.import_module("pillow_jxl")  # importing it registers the JXL format
+        import pillow_jxl  # noqa: F401  (importing it registers the JXL format)
     elif name == "heic":
         import pillow_heif
 
