@@ -79,6 +79,14 @@ def split_list(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
+def resolve_rates(ladder, text: str | None) -> list:
+    """The ladder's rates named in ``text`` ("0,3,7", indices or bpp), sorted, each once;
+    None or empty: every rate."""
+    wanted = split_list(text)
+    indices = sorted({ladder.resolve(r).index for r in wanted}) if wanted else None
+    return [ladder[i] for i in indices] if indices else list(ladder)
+
+
 def run(config: EvalConfig) -> int:
     """The job: validate everything first, evaluate image by image, write the outputs.
 
@@ -114,9 +122,7 @@ def run(config: EvalConfig) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     codec = Codec.from_pretrained(config.model, batch_size=1)
-    wanted = split_list(config.rates)
-    indices = sorted({codec.ladder.resolve(r).index for r in wanted}) if wanted else None
-    rate_list = [codec.ladder[i] for i in indices] if indices else list(codec.ladder)
+    rate_list = resolve_rates(codec.ladder, config.rates)
     samples, load_errors = load_samples(paths)
     errors += load_errors
     for err in errors:

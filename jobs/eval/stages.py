@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from jobs.eval.compare import load_reporting
+from jobs.eval.job import resolve_rates
 from oscar_core.hyper import channel_rms, cosine_per_position, match_norms
 from oscar_core.images import crop, pad_reflect, padded_size, to_tensor, to_uint8
 from oscar_core.metrics import psnr
@@ -79,10 +80,7 @@ def run_stages(config: StagesConfig) -> int:
     from oscar_core import Codec
 
     codec = Codec.from_pretrained(config.model, batch_size=1)
-    wanted = [r.strip() for r in (config.rates or "").split(",") if r.strip()]
-    rates = sorted({codec.ladder.resolve(r).index for r in wanted}) or list(
-        range(len(codec.ladder))
-    )
+    rates = [r.index for r in resolve_rates(codec.ladder, config.rates)]
     samples, bad = load_reporting(config.images)
     if not samples:
         print("oscar: error: no readable images", file=sys.stderr)

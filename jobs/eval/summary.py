@@ -12,6 +12,8 @@ import numpy as np
 
 from jobs.eval.metrics import METRICS
 
+RIVAL = "rival"  # "versus" every classic codec: per image, the best variant of any codec
+
 
 def _mean(values) -> float:
     vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
@@ -69,9 +71,6 @@ def summarize(rows: list[dict], metric_names: list[str], versus: str | None) -> 
             summary["rival"] = _compare(at_rate, RIVAL, columns)
         out.append(summary)
     return out
-
-
-RIVAL = "rival"  # "versus" every classic codec: per image, the best variant of any codec
 
 
 def _compare(at_rate: list[dict], versus: str, columns: list[str]) -> dict:

@@ -185,8 +185,7 @@ class Trainer:
         self.summary[name] = {"steps": steps_done, "wall_s": round(elapsed, 1),
                               "final_losses": {k: round(v, 5) for k, v in averages.items()}}  # fmt: skip
         if allotted is not None:
-            self.summary[name] |= {"allotted_s": round(allotted, 1), "batch": cfg.batch,
-                                   "steps_per_s": round(steps_done / max(elapsed, 1e-9), 3)}  # fmt: skip
+            self.summary[name]["allotted_s"] = round(allotted, 1)
         self._checkpoint_model()
         if self.dist.is_main:
             done_marker.write_text(json.dumps(self.summary[name]))
