@@ -46,6 +46,11 @@ class TrainConfig:
     stage0: StageConfig = field(default_factory=lambda: StageConfig(3000, 8, 128, 1e-3))
     stage1: StageConfig = field(default_factory=lambda: StageConfig(1500, 16, 256, 1e-3))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(1500, 4, 128, 2e-4))
+    # Stage 1: weight of the relative squared error of x_t = match_norms(z~, rms(z0)) to z0,
+    # beside -cos per position. Why: the cosine ignores each position's magnitude, and the
+    # decoder sees x_t, magnitudes included (a long cos-only stage 1 raised cos(x_t, z0) and
+    # lowered the PSNR of x_t decoded: model card, issue 17). 0: cos only (runs 1-5).
+    stage1_mse_weight: float = 0.0
     fit_timesteps: bool = True  # False: keep the base model's t_r table (a decoder-only run)
     # stage 3 (optional, steps 0 = skipped): the latent decoder alone, on the codec's z0_hat
     stage3: StageConfig = field(default_factory=lambda: StageConfig(0, 4, 128, 1e-4))

@@ -5,6 +5,7 @@ autoencoder), run by ``Trainer.run`` in one process (``job.py`` starts the proce
             (base ``oscar-sd21`` + ``sd21_dir``: SD-2.1's VAE and UNet, frozen, with rank-16
             LoRA adapters + full conv_in + embedding trained in stage 2, as the reference)
     stage1  hyper-encoders, frozen autoencoder: -cos(z~, z0) per position + VQ commitment
+            (+ ``stage1_mse_weight`` x relative error of x_t = match_norms(z~) to z0)
     fit     per rate on held-out crops: mean cos(z~, z0) -> t_r with sqrt(abar_t) closest;
             index histograms -> the entropy coder's static pmfs (stored in the model)
     stage2  joint: denoiser + hyper-encoders + embedding, one random rate per step:
@@ -42,7 +43,7 @@ from jobs.train.data import CropSampler, load_images, split
 from jobs.train.decoder import DecoderLoss, decoder_parameters
 from jobs.train.dist import DistContext
 from jobs.train.losses import PatchDiscriminator, Stage2Loss, autoencoder_loss, fit_rate
-from oscar_core.hyper import cosine_per_position
+from oscar_core.hyper import channel_rms, cosine_per_position, match_norms
 
 log = logging.getLogger("oscar.train")
 
@@ -276,17 +277,24 @@ class Trainer:
         hypers = [self.model.hypers[r] for r in rates]
         self.model.hypers.train()
 
+        w_mse = self.cfg.stage1_mse_weight
+
         def step(_: int) -> dict:
             z0 = z0_all[rng.integers(len(z0_all), size=cfg.batch)].to(self.device)
-            align, commit, div = 0.0, 0.0, 0.0
+            align, mse, commit, div = 0.0, 0.0, 0.0, 0.0
             for r, hyper in zip(rates, hypers, strict=True):  # all rates share the batch
-                z_tilde, _, c = hyper(z0)
+                z_tilde, _, c = hyper(z0)  # (B,4,h,w)
                 align = align - cosine_per_position(z_tilde, z0)
+                if w_mse:  # x_t as the decoder builds it, against z0, relative per image
+                    x_t = match_norms(z_tilde, channel_rms(z0))
+                    err = (x_t - z0).pow(2).mean(dim=(1, 2, 3)) / z0.pow(2).mean(dim=(1, 2, 3))
+                    mse = mse + err.mean()
                 commit = commit + c
                 div = div + self.diversity_loss(r, z0)
             n = len(hypers)
-            total = (align + commit + div) / n
-            return {"total": total, "cos": -align / n, "commit": commit / n, "div": div / n}
+            total = (align + w_mse * mse + commit + div) / n
+            return {"total": total, "cos": -align / n, "mse": mse / n, "commit": commit / n,
+                    "div": div / n}  # fmt: skip
 
         params = [p for hyper in hypers for p in hyper.parameters()]
         return self.run_stage("stage1", cfg, params, step)

@@ -235,3 +235,28 @@ def test_training_from_sd21_writes_a_self_contained_model(tmp_path):
         torch.testing.assert_close(v, vae_before[k])
     image = smooth_image(64, 64)
     assert codec.decompress(codec.compress([image], 7))[0].shape == (64, 64, 3)
+
+
+def test_stage1_mse_term_lowers_the_error_of_x_t(tmp_path):
+    """``stage1_mse_weight``: the same start and batches, with and without the x_t error
+    term; the run that has it ends with the smaller relative error of x_t to z0 (the
+    magnitudes a per-position cosine ignores)."""
+    from oscar_core.hyper import channel_rms, match_norms
+
+    base = tiny_run(tmp_path / "base", steps=1)
+    assert Trainer(base).run()
+    errors = {}
+    for weight in (0.0, 4.0):
+        cfg = tiny_run(tmp_path / f"w{weight}", steps=12, rates=[7], stage1_mse_weight=weight)
+        cfg.base, cfg.stage0 = str(tmp_path / "base" / "run" / "model"), StageConfig(0, 2, 64, 1e-3)
+        cfg.stage2, cfg.fit_timesteps = StageConfig(0, 2, 64, 1e-4), False
+        trainer = Trainer(cfg)
+        assert trainer.run()
+        losses = json.loads((tmp_path / f"w{weight}" / "run" / "summary.json").read_text())
+        assert (losses["stage1"]["final_losses"]["mse"] > 0) == (weight > 0)
+        z0 = torch.load(tmp_path / f"w{weight}" / "run" / "ckpt" / "latents-train-128.pt")["z0"]
+        with torch.no_grad():
+            z_tilde, _, _ = trainer.model.hypers[7].eval()(z0)
+            x_t = match_norms(z_tilde, channel_rms(z0))
+        errors[weight] = float((x_t - z0).pow(2).mean() / z0.pow(2).mean())
+    assert errors[4.0] < errors[0.0]
