@@ -335,6 +335,7 @@ class Codec:
         channels = self.model.config.autoencoder.latent_channels
         z_tilde = tiled_decode_indices(self.model.hypers[rate.index], indices, self.tile, channels)
         x_t = match_norms(z_tilde, rms)  # the noisy state at t_r (norms of the whole image)
+        del z_tilde  # each full latent is 1 float32 a pixel / 16: held only while needed
         t_r = torch.full((len(batch),), rate.t, dtype=torch.long, device=self.device)
         h, w = x_t.shape[2:]
         unet_grid = tile_grid(h, w, self.tile, UNET_TILE_FACTOR)
@@ -344,18 +345,20 @@ class Codec:
             z0_hat = torch.empty_like(x_t)
             denoise = lambda x: self.denoise(x, t_r)  # noqa: E731
             tiled_map(denoise, _cells(x_t), unet_grid, 1, _rows_into(z0_hat), self.model.denoiser)
+        del x_t
         grid = tile_grid(h, w, self.tile)
         if grid is None:
             x_hat = self.latent_decode(z0_hat)  # (B,3,8h,8w) float32 in [-1,1]
             return to_uint8(crop(x_hat, header.height, header.width).cpu())
-        # Tiled: finished pixel rows go straight to uint8 (the float image is never whole)
+        # Tiled: finished pixel blocks go straight to uint8 (the float image is never whole)
         out = np.empty((len(batch), header.height, header.width, 3), dtype=np.uint8)
 
-        def pixels(y0: int, rows: torch.Tensor) -> None:  # (B,3,k,pw) in [-1,1] from row y0
-            k = min(rows.shape[2], header.height - y0)  # rows below H are padding
+        def pixels(y0: int, x0: int, block: torch.Tensor) -> None:  # (B,3,k,m) in [-1,1]
+            k = min(block.shape[2], header.height - y0)  # rows below H, columns right of W
+            m = min(block.shape[3], header.width - x0)  # are padding
             for i in range(0, k, 64):  # 64 rows at a time: small float temporaries
                 j = min(k, i + 64)
-                out[:, y0 + i : y0 + j] = to_uint8_batch(rows[:, :, i:j, : header.width])
+                out[:, y0 + i : y0 + j, x0 : x0 + m] = to_uint8_batch(block[:, :, i:j, :m])
 
         tiled_map(self.latent_decode, _cells(z0_hat), grid, 8, pixels, self.model.autoencoder)
         return list(out)
@@ -380,8 +383,8 @@ def _cells(z: torch.Tensor):
 def _rows_into(out: torch.Tensor):
     """``tiled_map``'s sink into a preallocated (B,C,H,W) tensor."""
 
-    def sink(y0: int, rows: torch.Tensor) -> None:
-        out[:, :, y0 : y0 + rows.shape[2]] = rows
+    def sink(y0: int, x0: int, block: torch.Tensor) -> None:
+        out[:, :, y0 : y0 + block.shape[2], x0 : x0 + block.shape[3]] = block
 
     return sink
 

@@ -25,9 +25,10 @@ unity whatever the overlaps (the last tile may overlap more). Weights are separa
 ``AutoencoderKL.tiled_encode/tiled_decode`` blending, with three differences: overlaps need
 not be equal; they are an eighth of a tile, not a quarter (with image-wide statistics, below,
 Kodak PSNR moved by the same <= 0.015 dB at both in the decoder, and alike end to end, for
-~1.5x fewer tiles); and the output is assembled one row of tiles at a time (``tiled_map``):
-one strip of (tile height x image width) and the overlap rows of the previous one are held,
-never every tile's output (diffusers keeps all of them, the size of the whole image).
+~1.5x fewer tiles); and each tile's output leaves as soon as it is final (``tiled_map``):
+held are one tile, the columns it shares with the next and the overlap rows (x image width)
+shared with the next row of tiles, never every tile's output (diffusers keeps all of them,
+the size of the whole image).
 
 The hyper-encoder is tiled exactly instead (``cropped_map``): its layers are convolutions
 (compressai's ``AttentionBlock`` is one too: local), so a tile computed with a margin of its
@@ -290,9 +291,10 @@ def tiled_map(
 
     ``read(r0, r1, c0, c1)`` gives the input of the cells [r0, r1) x [c0, c1) (any units:
     the caller scales); ``fn`` maps it to (B, C, (r1-r0)*scale, (c1-c0)*scale); ``sink(y0,
-    rows)`` receives finished output rows (B, C, k, width*scale) starting at row ``y0``, in
-    order, each row once. Held at a time: one strip of (tile height x width) outputs and
-    the overlap rows of the previous one.
+    x0, block)`` receives finished output blocks (B, C, k, m) whose top-left output position
+    is (``y0``, ``x0``), row of tiles by row of tiles, left to right; the blocks cover the
+    output once, without overlap. Held at a time: one tile's output, its columns shared with
+    the next tile and the overlap rows shared with the next row of tiles (x width).
     ``norms``: the module ``fn`` runs, whose GroupNorms then use image-wide statistics
     (``GroupNormStats``: a first pass over ``grid.without_overlap()`` gathers them).
     """
@@ -314,27 +316,40 @@ def tiled_map(
 def _blend(fn, read, grid: TileGrid, scale: int, sink) -> None:
     """``tiled_map`` without image-wide norms: every tile normalised by its own statistics.
 
-    Held at a time: the strip being built and the rows of the previous one that it shares
-    (the overlap): a strip's rows above the next strip's start are final and go to ``sink``
-    as soon as the strip is done, because starts and ends increase along the grid."""
+    Starts and ends increase along both axes, so a tile's output is final, once blended,
+    left of the next tile's first column and above the next strip's first row: that part
+    goes to ``sink`` at once. Held at a time: one tile's output, the columns it shares with
+    the next tile (``pending``: tile height x overlap) and the rows the strip shares with the
+    next strip (``carry``: overlap x image width; the old one and the one being built). The
+    last tile may share more than the overlap (it is shifted to end at the edge), even with
+    the tile before last: what is shared is added into the next tile's output, so it moves
+    on with that tile's own shared part."""
     row_w = axis_weights(grid.rows, grid.overlap, scale)
     col_w = axis_weights(grid.cols, grid.overlap, scale)
     width = grid.cols[-1][1] * scale
-    carry: Tensor | None = None  # blended rows shared with the next strip, from its start
+    carry: Tensor | None = None  # (B,C,k,width): blended rows shared with this strip, from y0
     for i, ((r0, r1), wy) in enumerate(zip(grid.rows, row_w, strict=True)):
-        strip: Tensor | None = None  # (B, C, (r1-r0)*scale, width)
-        for (c0, c1), wx in zip(grid.cols, col_w, strict=True):
-            out = fn(read(r0, r1, c0, c1))
-            if strip is None:
-                strip = out.new_zeros(*out.shape[:2], out.shape[2], width)
-            weight = (wy[:, None] * wx[None, :]).to(out.device, out.dtype)
-            strip[..., c0 * scale : c1 * scale] += out * weight
-        assert strip is not None  # a grid has at least one column
-        if carry is not None:  # the previous strip's shared rows start where this one does
-            strip[:, :, : carry.shape[2]] += carry
         y0, y1 = r0 * scale, r1 * scale
         # rows before the next strip's start are final (later strips start further down)
         end = min(grid.rows[i + 1][0] * scale, y1) if i + 1 < len(grid.rows) else y1
-        if end > y0:
-            sink(y0, strip[:, :, : end - y0])
-        carry = strip[:, :, end - y0 :].clone() if end < y1 else None
+        next_carry: Tensor | None = None
+        pending: Tensor | None = None  # (B,C,y1-y0,k): the previous tile's shared columns
+        carried_to = 0  # columns [0, carried_to) of ``carry`` are in earlier tiles' outputs
+        for j, ((c0, c1), wx) in enumerate(zip(grid.cols, col_w, strict=True)):
+            x0, x1 = c0 * scale, c1 * scale
+            out = fn(read(r0, r1, c0, c1))  # (B,C,y1-y0,x1-x0)
+            out = out * (wy[:, None] * wx[None, :]).to(out.device, out.dtype)
+            if pending is not None:
+                out[..., : pending.shape[3]] += pending
+            if carry is not None:  # once per column: pending already holds the columns before
+                out[:, :, : carry.shape[2], carried_to - x0 :] += carry[..., carried_to:x1]
+                carried_to = x1
+            final = (grid.cols[j + 1][0] * scale if j + 1 < len(grid.cols) else x1) - x0
+            if end > y0:
+                sink(y0, x0, out[:, :, : end - y0, :final])
+            if end < y1:
+                if next_carry is None:
+                    next_carry = out.new_zeros(*out.shape[:2], y1 - end, width)
+                next_carry[..., x0 : x0 + final] = out[:, :, end - y0 :, :final]
+            pending = out[..., final:].clone() if final < x1 - x0 else None
+        carry = next_carry

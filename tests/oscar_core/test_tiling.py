@@ -63,25 +63,30 @@ def test_bad_tile_is_a_clear_error(bad):
     assert check_tile(0) == 0 and check_tile(192) == 192
 
 
+# 16-cell tiles, overlap 2. 37 x 53: the last tiles shifted to the edge share more than the
+# overlap; 31 x 31: tiles (0,16) (14,30) (15,31): cell 15 is in three tiles on each axis
+@pytest.mark.parametrize("h,w", [(37, 53), (31, 31)])
 @pytest.mark.parametrize("scale", [1, 8])
-def test_tiled_map_of_a_local_map_is_exact_and_rows_arrive_once_in_order(scale):
-    z = torch.randn(2, 3, 37, 53)  # (B,C,h,w) in cells
-    grid = tile_grid(37, 53, 128)  # 16-cell tiles, overlap 2
-    out = torch.full((2, 3, 37 * scale, 53 * scale), float("nan"))
+def test_tiled_map_of_a_local_map_is_exact_and_blocks_arrive_once_in_order(h, w, scale):
+    z = torch.randn(2, 3, h, w)  # (B,C,h,w) in cells
+    grid = tile_grid(h, w, 128)
+    out = torch.full((2, 3, h * scale, w * scale), float("nan"))
+    covered = torch.zeros(h * scale, w * scale, dtype=torch.int64)
     seen: list[tuple[int, int]] = []
 
-    def sink(y0: int, rows: torch.Tensor) -> None:
-        seen.append((y0, rows.shape[2]))
-        out[:, :, y0 : y0 + rows.shape[2]] = rows
+    def sink(y0: int, x0: int, block: torch.Tensor) -> None:
+        seen.append((y0, x0))
+        k, m = block.shape[2:]
+        out[:, :, y0 : y0 + k, x0 : x0 + m] = block
+        covered[y0 : y0 + k, x0 : x0 + m] += 1
 
     def upsample(x: torch.Tensor) -> torch.Tensor:  # position-wise: blending changes nothing
         return x.repeat_interleave(scale, 2).repeat_interleave(scale, 3) * 2 + 1
 
     tiled_map(upsample, lambda r0, r1, c0, c1: z[:, :, r0:r1, c0:c1], grid, scale, sink)
     torch.testing.assert_close(out, upsample(z))
-    starts = [y0 for y0, _ in seen]
-    assert starts[0] == 0 and sum(k for _, k in seen) == 37 * scale
-    assert all(a + k == b for (a, k), b in zip(seen, starts[1:], strict=False))
+    assert bool((covered == 1).all())  # every output position exactly once
+    assert seen == sorted(seen) and seen[0] == (0, 0)  # rows of tiles, left to right
 
 
 def test_cropped_map_with_a_receptive_field_margin_is_exact():
