@@ -51,6 +51,11 @@ class TrainConfig:
     # decoder sees x_t, magnitudes included (a long cos-only stage 1 raised cos(x_t, z0) and
     # lowered the PSNR of x_t decoded: model card, issue 17). 0: cos only (runs 1-5).
     stage1_mse_weight: float = 0.0
+    # Stage 2 trains the hyper-encoders too (the reference's joint stage); False: only the
+    # denoiser and its embedding learn, the hyper-encoders, their pmfs (no refit) and t_r stay
+    # the base's, so its bitstreams, bytes and context model stay valid (give fit_timesteps
+    # False and stage1.steps 0 too).
+    stage2_hypers: bool = True
     fit_timesteps: bool = True  # False: keep the base model's t_r table (a decoder-only run)
     # stage 3 (optional, steps 0 = skipped): the latent decoder alone, on the codec's z0_hat
     stage3: StageConfig = field(default_factory=lambda: StageConfig(0, 4, 128, 1e-4))

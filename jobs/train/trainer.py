@@ -50,6 +50,11 @@ log = logging.getLogger("oscar.train")
 
 class Trainer:
     def __init__(self, config: TrainConfig, dist: DistContext | None = None):
+        if not config.stage2_hypers and (config.stage1.steps or config.fit_timesteps):
+            raise ValueError(
+                "stage2_hypers false keeps the base's codes: give stage1.steps 0 and "
+                "fit_timesteps false too"
+            )
         self.cfg = config
         self.dist = dist or DistContext()  # world_size 1: the single-process path
         self.out = Path(config.out)
@@ -271,6 +276,8 @@ class Trainer:
 
     def stage1(self) -> bool:
         cfg = self.cfg.stage1
+        if cfg.steps == 0:
+            return True  # nothing to train: no latents to cache either
         _, z0_all = self._latent_cache(self.train_sampler, self.cfg.cache_crops, cfg.crop, "train")
         rng = np.random.default_rng(self.dist.seed(self.cfg.seed) + 11)
         rates = self.stage1_rates()
@@ -334,8 +341,8 @@ class Trainer:
     def refit_pmfs(self) -> None:
         """After stage 2 the hyper-encoders have moved: re-estimate the entropy coder's pmfs
         (t_r stays: the denoiser was trained at those timesteps)."""
-        if "pmf_refit" in self.summary:
-            return
+        if "pmf_refit" in self.summary or not self.cfg.stage2_hypers:
+            return  # frozen hyper-encoders: the base's pmfs are still theirs
         rows = self._held_fit_rows()
         for r, row in enumerate(rows):
             self.model.set_pmf(r, torch.from_numpy(row.pop("pmf")))
@@ -367,14 +374,20 @@ class Trainer:
         # the same hyper-encoder. The discriminator's gradients are averaged like the rest.
         d = self.dist
         weights = {"lpips": self.cfg.lpips_weight} if self.cfg.lpips_weights else {}
+        hypers = self.cfg.stage2_hypers
+        extra = self.diversity_loss if hypers else None  # diversity moves only hyper-encoders
         loss = Stage2Loss(self.model, disc, x_all, z0_all, cfg.batch, self.device,
-                          d.seed(self.cfg.seed), weights=weights, extra_loss=self.diversity_loss,
+                          d.seed(self.cfg.seed), weights=weights, extra_loss=extra,
                           lpips_weights=self.cfg.lpips_weights,
                           rate_seed=self.cfg.seed + 22 if d.enabled else None,
                           grad_sync=d.all_reduce_grads)  # fmt: skip
-        params = list(self.model.denoiser.parameters()) + list(self.model.hypers.parameters())
+        params = list(self.model.denoiser.parameters())
         self.model.denoiser.train()
-        self.model.hypers.train()
+        if hypers:
+            params += list(self.model.hypers.parameters())
+            self.model.hypers.train()
+        else:  # eval: the VQ codebooks' EMA does not move either
+            self.model.hypers.eval().requires_grad_(False)
         return self.run_stage("stage2", cfg, [p for p in params if p.requires_grad], loss)
 
     def stage3(self) -> bool:

@@ -25,12 +25,15 @@ def test_large_image_mirrors_the_source_out(tmp_path):
 
 def test_probe_reports_each_step(tmp_path):
     Image.fromarray(smooth_image(64, 96, seed=2)).save(tmp_path / "s.png")
-    figures = large_probe(str(DEFAULT_MODEL_DIR), str(tmp_path / "s.png"), 200, 128, 0, 1)
-    assert figures["image_mib"] == pytest.approx(200 * 200 * 3 / 2**20)
-    for step in ("encode", "decode"):
+    args = (str(DEFAULT_MODEL_DIR), str(tmp_path / "s.png"), 200, 128, 0, 1)
+    encoded = large_probe(*args)
+    decoded = large_probe(*args, stream=encoded["stream"])
+    assert encoded["image_mib"] == pytest.approx(200 * 200 * 3 / 2**20)
+    for step, figures in (("encode", encoded), ("decode", decoded)):
         assert figures[f"{step}_seconds"] > 0 and figures[f"{step}_peak_mib"] >= 0
+    assert encoded["encode_working_mib"] == encoded["encode_peak_mib"]
     # working memory: decode's peak less the decoded image it returns
-    assert figures["decode_working_mib"] == pytest.approx(
-        figures["decode_peak_mib"] - figures["image_mib"]
+    assert decoded["decode_working_mib"] == pytest.approx(
+        decoded["decode_peak_mib"] - decoded["image_mib"]
     )
-    assert figures["bytes"] > 15 and 10 < figures["psnr"] < 60
+    assert len(encoded["stream"]) > 15 and 10 < decoded["psnr"] < 60

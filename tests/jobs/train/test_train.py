@@ -260,3 +260,32 @@ def test_stage1_mse_term_lowers_the_error_of_x_t(tmp_path):
             x_t = match_norms(z_tilde, channel_rms(z0))
         errors[weight] = float((x_t - z0).pow(2).mean() / z0.pow(2).mean())
     assert errors[4.0] < errors[0.0]
+
+
+def test_denoiser_only_stage2_keeps_the_base_bitstreams(tmp_path):
+    """``stage2_hypers`` false: the hyper-encoders (weights, codebooks, pmfs) and t_r stay the
+    base's, so the trained model writes the base's streams (header and payload; the CRC is
+    seeded by the model id); the denoiser learns."""
+    base = tiny_run(tmp_path / "base", steps=1)
+    assert Trainer(base).run()
+    base_dir = tmp_path / "base" / "run" / "model"
+    cfg = tiny_run(tmp_path, steps=3, stage2_hypers=False, fit_timesteps=False)
+    cfg.base, cfg.stage0, cfg.stage1 = (
+        str(base_dir),
+        StageConfig(0, 2, 64, 1e-3),
+        StageConfig(0, 4, 128, 1e-3),
+    )
+    assert Trainer(cfg).run()
+    before = OscarModel.from_pretrained(base_dir).state_dict()
+    after = OscarModel.from_pretrained(tmp_path / "run" / "model").state_dict()
+    hypers = [k for k in before if k.startswith("hypers.")]
+    assert hypers and all(torch.equal(before[k], after[k]) for k in hypers)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("denoiser."))
+    image = smooth_image(64, 96, seed=4)
+    old, new = Codec.from_pretrained(base_dir), Codec.from_pretrained(tmp_path / "run" / "model")
+    for rate in (0, 7):
+        a, b = old.compress([image], rate)[0], new.compress([image], rate)[0]
+        assert a[:-4] == b[:-4]  # all but the CRC, which the model id (weights) seeds
+    bad = tiny_run(tmp_path / "bad", stage2_hypers=False)  # stage 1 would move the codes
+    with pytest.raises(ValueError, match="stage2_hypers"):
+        Trainer(bad)
