@@ -149,11 +149,11 @@ def evaluate_image(
                 hit = table.search(target)
                 state.seconds["search"] += time.perf_counter() - t0
                 if hit is None:  # cannot reach: report the lowest setting, no metrics
-                    low = table.get(cc.q_min)
+                    lowest = table.get(cc.q_min)
                     state.rows.append(
-                        make_row(sample, table.name, name, rate, target, bpp=low.bpp)
-                        | {"bytes": len(low.data), "quality": low.quality, "reached": False}
-                        | {"enc_ms": low.enc_ms, "dec_ms": math.nan}
+                        make_row(sample, table.name, name, rate, target, bpp=lowest.bpp)
+                        | {"bytes": len(lowest.data), "quality": lowest.quality}
+                        | {"reached": False, "enc_ms": lowest.enc_ms, "dec_ms": math.nan}
                     )
                     continue
                 key = (scale, hit.quality)

@@ -282,3 +282,23 @@ def test_lpips_only_from_local_weights(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not AlexNet"):
         Lpips(tmp_path / "other.pth")
+
+
+def test_walk_past_a_variant_that_cannot_reach(tmp_path):
+    """A noisy 384x512 image: full-size JPEG cannot get down to rate 2's bytes, a smaller
+    variant can; the walk reports the first as not reached and goes on (a regression: the
+    unreached row's lowest setting once overwrote the walk's 'low setting' bound)."""
+    from jobs.eval.job import EvalConfig
+    from jobs.eval.job import run as run_eval
+    from oscar_core import Codec
+
+    Codec.from_config("oscar-tiny", seed=0).model.save_pretrained(tmp_path / "m")
+    noise = np.random.default_rng(3).integers(0, 256, (384, 512, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    out = tmp_path / "out"
+    config = EvalConfig([str(tmp_path / "noise.png")], model=str(tmp_path / "m"), out=str(out),
+                        rates="2", codecs="jpeg", metrics="psnr", downscales="2,4,8")  # fmt: skip
+    assert run_eval(config) == 0
+    with (out / "results.csv").open() as f:
+        reached = [r["reached"] == "True" for r in csv.DictReader(f) if r["codec"] == "jpeg"]
+    assert reached[0] is False and True in reached
