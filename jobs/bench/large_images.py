@@ -5,9 +5,9 @@ image of 1, 4, 16 and 64 MP (the first bench image mirrored out to that size: ph
 not noise); the first encodes it, the second decodes its stream (a fresh process, so that
 memory the encoder freed but the allocator kept does not hide part of decode's peak: with
 both steps in one process, decode at 4 MP measured more than at 16 MP). Before the step the
-peak RSS is reset (``memory.reset_peak_rss``), so the peak is that step's. Working memory = the step's peak
-over the RSS before it, less the image it returns (decode: 3 bytes a pixel); the image the
-encoder reads is already in the RSS before. The default tiling (``--tile 1024``) codes
+peak RSS is reset (``memory.reset_peak_rss``), so the peak is that step's. Working memory =
+the step's peak over the RSS before it, less the image it returns (decode: 3 bytes a pixel);
+the image the encoder reads is already in the RSS before. The default tiling (``--tile 1024``) codes
 images over 1024x1024 px in tiles; a 4 MP row without tiles (``--tile 0``) shows what they
 save. Goal (the bench's own): working memory flat beyond the tile size, 64 MP within 1.25x of
 16 MP, for encode and for decode.

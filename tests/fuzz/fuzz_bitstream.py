@@ -180,8 +180,8 @@ def one_input(data: bytes) -> str:
 
 
 def seeds() -> list[bytes]:
-    """Real streams (a 48x64 image at every rate; the format-3 golden streams, re-sealed) as mode-0
-    and mode-1 inputs."""
+    """Real streams (a 48x64 image at every rate; the format-3 golden streams, re-sealed)
+    as mode-0 and mode-1 inputs."""
     c = codec()
     yy, xx = np.mgrid[0:48, 0:64]
     img = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).astype(np.uint8)
@@ -192,12 +192,12 @@ def seeds() -> list[bytes]:
         # mode 1, this model's id, the rate, then H, W, RMS, the model byte and the payload
         out.append(b"\1\1" + bytes([stream[1] & 0x0F]) + stream[2:-4])
     for path in sorted(GOLDEN.glob("format3-*.oscar")):
-        # written by the previous shipped model: re-sealed with this model's CRC (the format:
-        # CRC-32 of the base id, then the body), so they reach the format-3 decoder
-        body = path.read_bytes()[:-4]
-        stream = body + zlib.crc32(body, zlib.crc32(c.base_model_id)).to_bytes(4, "big")
-        out.append(b"\0" + stream)
-        out.append(b"\1\5" + bytes([stream[1] & 0x0F]) + stream[2:-4])  # flag 4: format 3
+        # flags 1 | 4: format 3 under this model's base id (the previous shipped model wrote
+        # them), so mode 0 sees them re-sealed, as a stream of this model
+        stream = path.read_bytes()
+        rest = b"\5" + bytes([stream[1] & 0x0F]) + stream[2:-4]
+        out.append(b"\0" + _fixed_up(rest))
+        out.append(b"\1" + rest)
     return out
 
 
