@@ -81,7 +81,10 @@ _PLUGIN_HINT = {
 def _register_plugin(name: str) -> None:
     """Import the Pillow plugin that adds a format (import errors propagate)."""
     if name == "jxl":
-        import pillow_jxl  # noqa: F401  (importing it registers the JXL format)
+        import pillow_jxl
+
+        if "JXL" not in Image.SAVE:  # importing the plugin registers the format
+            raise ImportError(f"{pillow_jxl.__name__} did not register JXL with Pillow")
     elif name == "heic":
         import pillow_heif
 

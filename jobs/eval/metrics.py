@@ -88,8 +88,8 @@ def flip(ref: np.ndarray, test: np.ndarray) -> float:
 class Cvvdp:
     """ColorVideoVDP in JOD (10 = no visible difference), display ``standard_4k``, CPU.
 
-    Optional: ``pip install cvvdp``, the ``cvvdp`` extra (it adds ImageIO, OpenEXR,
-    ffmpeg-python; ~6 s import).
+    Optional, installed by hand: ``pip install cvvdp`` (import name ``pycvvdp``; not a
+    declared dependency: it adds ImageIO, OpenEXR, ffmpeg-python, ~6 s import).
     """
 
     def __init__(self, display: str = "standard_4k"):
