@@ -35,6 +35,15 @@ def tiny_run(tmp_path, steps: int = 2, **extra) -> TrainConfig:
     )
 
 
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A model directory trained one step per stage: the base of the refinement tests
+    (read only)."""
+    root = tmp_path_factory.mktemp("base")
+    assert Trainer(tiny_run(root, steps=1)).run()
+    return root / "run" / "model"
+
+
 def test_all_stages_write_a_usable_model(tmp_path):
     cfg = tiny_run(tmp_path)
     assert Trainer(cfg).run()
@@ -114,10 +123,7 @@ def test_code_entropy_is_normalised_and_moves_only_the_encoder():
     assert hyper.quantizer._codebook.embed.grad is None  # the codebook is detached
 
 
-def test_refinement_trains_listed_rates_and_keeps_the_autoencoder(tmp_path):
-    base = tiny_run(tmp_path / "base", steps=1)
-    assert Trainer(base).run()
-    base_dir = tmp_path / "base" / "run" / "model"
+def test_refinement_trains_listed_rates_and_keeps_the_autoencoder(tmp_path, base_dir):
     cfg = tiny_run(tmp_path, steps=2, rates=[4], diversity=1.0, diversity_rates=[4])
     cfg.base, cfg.stage0 = str(base_dir), StageConfig(0, 2, 64, 1e-3)
     cfg.stage2 = StageConfig(0, 2, 64, 1e-4)  # stage 1 only: the hyper-encoders it lists
@@ -154,10 +160,7 @@ def test_lpips_from_local_weights_reaches_the_generator(tmp_path):
     assert all(p.grad is None for p in loss.lpips.parameters())  # the network stays frozen
 
 
-def test_decoder_stage_changes_only_the_decoder(tmp_path):
-    base = tiny_run(tmp_path / "base", steps=1)
-    assert Trainer(base).run()
-    base_dir = tmp_path / "base" / "run" / "model"
+def test_decoder_stage_changes_only_the_decoder(tmp_path, base_dir):
     cfg = tiny_run(tmp_path, steps=0, fit_timesteps=False)
     cfg.base, cfg.stage3 = str(base_dir), StageConfig(2, 2, 64, 1e-3)
     assert Trainer(cfg).run()
@@ -237,18 +240,16 @@ def test_training_from_sd21_writes_a_self_contained_model(tmp_path):
     assert codec.decompress(codec.compress([image], 7))[0].shape == (64, 64, 3)
 
 
-def test_stage1_mse_term_lowers_the_error_of_x_t(tmp_path):
+def test_stage1_mse_term_lowers_the_error_of_x_t(tmp_path, base_dir):
     """``stage1_mse_weight``: the same start and batches, with and without the x_t error
     term; the run that has it ends with the smaller relative error of x_t to z0 (the
     magnitudes a per-position cosine ignores)."""
     from oscar_core.hyper import channel_rms, match_norms
 
-    base = tiny_run(tmp_path / "base", steps=1)
-    assert Trainer(base).run()
     errors = {}
     for weight in (0.0, 4.0):
         cfg = tiny_run(tmp_path / f"w{weight}", steps=12, rates=[7], stage1_mse_weight=weight)
-        cfg.base, cfg.stage0 = str(tmp_path / "base" / "run" / "model"), StageConfig(0, 2, 64, 1e-3)
+        cfg.base, cfg.stage0 = str(base_dir), StageConfig(0, 2, 64, 1e-3)
         cfg.stage2, cfg.fit_timesteps = StageConfig(0, 2, 64, 1e-4), False
         trainer = Trainer(cfg)
         assert trainer.run()
@@ -262,13 +263,10 @@ def test_stage1_mse_term_lowers_the_error_of_x_t(tmp_path):
     assert errors[4.0] < errors[0.0]
 
 
-def test_denoiser_only_stage2_keeps_the_base_bitstreams(tmp_path):
+def test_denoiser_only_stage2_keeps_the_base_bitstreams(tmp_path, base_dir):
     """``stage2_hypers`` false: the hyper-encoders (weights, codebooks, pmfs) and t_r stay the
     base's, so the trained model writes the base's streams (header and payload; the CRC is
     seeded by the model id); the denoiser learns."""
-    base = tiny_run(tmp_path / "base", steps=1)
-    assert Trainer(base).run()
-    base_dir = tmp_path / "base" / "run" / "model"
     cfg = tiny_run(tmp_path, steps=3, stage2_hypers=False, fit_timesteps=False)
     cfg.base, cfg.stage0, cfg.stage1 = (
         str(base_dir),
