@@ -211,6 +211,12 @@ class ContextModel:
             h.update(np.ascontiguousarray(a).tobytes())
         return h.digest()
 
+    def with_rate(self, rate_index: int, tables: RateContext) -> ContextModel:
+        """This model with rate ``rate_index``'s tables replaced (``OscarModel.take_rate``)."""
+        rates = list(self.rates)
+        rates[rate_index] = tables
+        return ContextModel(tuple(rates), self.images)
+
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for r, rc in enumerate(self.rates):

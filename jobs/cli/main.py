@@ -6,7 +6,7 @@
     oscar info FILE                              -> JSON on stdout
     oscar rates [--json]                         -> the rate ladder
     oscar encode-shards / decode-shards / status / recompress                     (shards.py)
-    oscar import-reference / fit-entropy / fit-context                            (model.py)
+    oscar import-reference / fit-entropy / fit-context / take-rates               (model.py)
     oscar train                                  -> jobs.train                    (train.py)
     oscar eval / eval-autoencoder                -> jobs.eval                     (eval.py)
     oscar bench                                  -> jobs.bench                    (bench.py)

@@ -10,6 +10,10 @@
     oscar fit-context --model MODEL_DIR --data IMAGES [--limit N] [--cache FILE.npz]
         the context model of the indices (oscar_core/fitting.py) -> context.safetensors
         (pixels never change, bytes do; the model id changes, format-3 streams still decode).
+    oscar take-rates --model MODEL_DIR --from SOURCE_DIR --rates 4[,5]
+        those rates become SOURCE's exactly (hyper-encoder, pmf, t_r, context tables), the
+        others stay MODEL's; both must share the autoencoder and the denoiser (a stage-1
+        refinement and its base). The model id changes.
 
 Errors (a missing file, a key or shape that does not fit, pickle not allowed) are one line
 ``oscar: error: <command>: <reason>`` and exit 2, before anything is written.
@@ -110,6 +114,29 @@ def fit_context(
     return 0
 
 
+def take_rates(model_dir: str | Path, source_dir: str | Path, rates: list[int]) -> int:
+    """Copy ``rates`` from the model in ``source_dir`` into the one in ``model_dir``."""
+    from oscar_core import OscarModel
+
+    model, source = OscarModel.from_pretrained(model_dir), OscarModel.from_pretrained(source_dir)
+    old_id, had_context = model.model_id().hex(), model.context is not None
+    for r in rates:
+        model.take_rate(source, r)
+    taken = {"rates": rates, "from": source.model_id().hex()}
+    model.config.notes = {**model.config.notes, "took_rates": taken}
+    model.save_pretrained(model_dir, dtype=OscarModel.stored_dtype(model_dir))
+    print(f"rates {rates} of {model_dir} are now {source_dir}'s ({taken['from']}): "
+          f"model id {old_id} -> {model.model_id().hex()}")  # fmt: skip
+    if had_context and model.context is None:
+        print(f"{source_dir} has no context model: fit it again (oscar fit-context)")
+    return 0
+
+
+def cmd_take_rates(args: argparse.Namespace) -> int:
+    rates = [int(r) for r in args.rates.split(",") if r.strip()]
+    return take_rates(args.model, args.source, rates)
+
+
 def cmd_fit_entropy(args: argparse.Namespace) -> int:
     return fit_entropy(args.model, args.data, args.limit)
 
@@ -152,3 +179,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="IMAGES")
     p.add_argument("--limit", type=int, default=None, help="first N images")
     p.add_argument("--cache", default=None, metavar="FILE.npz", help="index grids, reused")
+
+    help_text = "make some rates another model's (a stage-1 refinement's best rates)"
+    p = add_command(sub, "take-rates", cmd_take_rates, help_text)
+    p.add_argument("--from", dest="source", required=True, metavar="SOURCE_DIR")
+    p.add_argument("--rates", required=True, help="ladder indices, e.g. 0,1,2")
