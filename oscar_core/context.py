@@ -212,7 +212,7 @@ class ContextModel:
         return h.digest()
 
     def with_rate(self, rate_index: int, tables: RateContext) -> ContextModel:
-        """This model with rate ``rate_index``'s tables replaced (``OscarModel.take_rate``)."""
+        """This model with rate ``rate_index``'s tables replaced (``OscarModel.take_rates``)."""
         rates = list(self.rates)
         rates[rate_index] = tables
         return ContextModel(tuple(rates), self.images)

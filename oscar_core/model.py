@@ -99,35 +99,38 @@ class OscarModel(nn.Module):
             "commit": commit,
         }
 
-    def take_rate(self, source: OscarModel, rate_index: int) -> None:
-        """Make rate ``rate_index`` exactly ``source``'s: its hyper-encoder, pmf, t_r and
-        context tables. Only for models that share everything else a rate's pixels depend on
-        (the autoencoder, the denoiser, the hyper-encoder config and the rate's downsampling
-        and K): then that rate's streams and pixels are ``source``'s, and the other rates'
-        stay this model's (stage 1 trains hyper-encoders per rate, so a refinement may win at
-        some rates and lose at others). ValueError naming the difference otherwise."""
-        if not 0 <= rate_index < len(self.ladder):
-            raise ValueError(f"rate {rate_index}: not in the ladder (0..{len(self.ladder) - 1})")
-        mine, theirs = self.config.ladder[rate_index], source.config.ladder[rate_index]
-        if len(source.ladder) != len(self.ladder) or mine[:2] != theirs[:2]:
-            raise ValueError(
-                f"rate {rate_index}: downsampling and K differ ({mine[:2]} vs {theirs[:2]})"
-            )
-        if self.config.hyper != source.config.hyper:
-            raise ValueError("the hyper-encoder configs differ")
+    def take_rates(self, source: OscarModel, rates: list[int | str]) -> list[int]:
+        """Make these rates exactly ``source``'s: their hyper-encoders, pmfs, t_r and context
+        tables. Only for models that share everything else a rate's pixels depend on (the
+        autoencoder, the denoiser, the hyper-encoder config and each rate's downsampling and
+        K): then those rates' streams and pixels are ``source``'s, and the other rates' stay
+        this model's (stage 1 trains hyper-encoders per rate, so a refinement may win at some
+        rates and lose at others). ``rates``: ladder indices or CLI text (``RateLadder.resolve``);
+        returns the indices taken. ValueError naming the difference, before any change."""
+        if self.config.hyper != source.config.hyper or len(source.ladder) != len(self.ladder):
+            raise ValueError("the hyper-encoder configs or the ladders' lengths differ")
         for part in ("autoencoder", "denoiser"):
             a, b = getattr(self, part).state_dict(), getattr(source, part).state_dict()
             if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
                 raise ValueError(f"the {part}s differ: a rate can move only between models "
                                  "that share it")  # fmt: skip
-        self.hypers[rate_index].load_state_dict(source.hypers[rate_index].state_dict())
-        self.set_pmf(rate_index, source.pmf(rate_index))
-        self.config.ladder[rate_index] = list(theirs)
+        indices = [self.ladder.resolve(r).index for r in rates]  # ValueError if unknown
+        for r in indices:
+            mine, theirs = self.config.ladder[r], source.config.ladder[r]
+            if mine[:2] != theirs[:2]:
+                raise ValueError(
+                    f"rate {r}: downsampling and K differ ({mine[:2]} vs {theirs[:2]})"
+                )
+        for r in indices:
+            self.hypers[r].load_state_dict(source.hypers[r].state_dict())
+            self.set_pmf(r, source.pmf(r))
+            self.config.ladder[r] = list(source.config.ladder[r])
+            if self.context is not None and source.context is not None:
+                self.context = self.context.with_rate(r, source.context.rates[r])
+            else:  # tables of the old codes would code the new ones badly: refit them
+                self.context = None
         self.ladder = self.config.rate_ladder()
-        if self.context is not None and source.context is not None:
-            self.context = self.context.with_rate(rate_index, source.context.rates[rate_index])
-        else:  # tables of the old codes would code the new ones badly: refit them
-            self.context = None
+        return indices
 
     # -- identity and storage ------------------------------------------------------------
     def _weights_digest(self) -> bytes:

@@ -114,14 +114,14 @@ def fit_context(
     return 0
 
 
-def take_rates(model_dir: str | Path, source_dir: str | Path, rates: list[int]) -> int:
-    """Copy ``rates`` from the model in ``source_dir`` into the one in ``model_dir``."""
+def take_rates(model_dir: str | Path, source_dir: str | Path, rates_text: str) -> int:
+    """Copy the rates listed in ``rates_text`` ("4" or "2,4") from the model in
+    ``source_dir`` into the one in ``model_dir``."""
     from oscar_core import OscarModel
 
     model, source = OscarModel.from_pretrained(model_dir), OscarModel.from_pretrained(source_dir)
     old_id, had_context = model.model_id().hex(), model.context is not None
-    for r in rates:
-        model.take_rate(source, r)
+    rates = model.take_rates(source, [r for r in rates_text.split(",") if r.strip()])
     taken = {"rates": rates, "from": source.model_id().hex()}
     model.config.notes = {**model.config.notes, "took_rates": taken}
     model.save_pretrained(model_dir, dtype=OscarModel.stored_dtype(model_dir))
@@ -133,8 +133,7 @@ def take_rates(model_dir: str | Path, source_dir: str | Path, rates: list[int]) 
 
 
 def cmd_take_rates(args: argparse.Namespace) -> int:
-    rates = [int(r) for r in args.rates.split(",") if r.strip()]
-    return take_rates(args.model, args.source, rates)
+    return take_rates(args.model, args.source, args.rates)
 
 
 def cmd_fit_entropy(args: argparse.Namespace) -> int:
