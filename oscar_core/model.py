@@ -214,7 +214,14 @@ class OscarModel(nn.Module):
                 f"this version reads the {HEAD_LAYOUT} layout only"
             )
         model = cls(config, empty_weights=True)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        # Fresh, torch-allocated copies: safetensors' tensors sit at the file's offsets (not
+        # 64-byte aligned), and with assign=True they would become the parameters; MKL/oneDNN
+        # kernels on AVX-512 round differently for unaligned weights (measured: a fp32 model
+        # decoded 2 of 6720 pixels 1 level off its in-memory original).
+        state = {
+            k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone()
+            for k, v in state.items()
+        }
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         missing += [n for n, t in model.named_parameters() if t.is_meta and n not in missing]
         if missing or unexpected:
